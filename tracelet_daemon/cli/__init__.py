@@ -1,0 +1,70 @@
+"""The `tracelet` command: one module per subcommand."""
+
+from __future__ import annotations
+
+import sys
+from typing import Annotated, Optional
+
+import typer
+
+try:  # typer >= 0.20 vendors click
+    from typer._click import exceptions as click_exc
+except ImportError:  # pragma: no cover
+    from click import exceptions as click_exc
+
+from .._version import __version__
+from ..errors import TraceletError, UsageError
+from .inspect import inspect
+from .upload import upload
+from .watch import watch
+
+app = typer.Typer(
+    name="tracelet",
+    help="Replay TensorBoard logs into Weights & Biases, live or after the fact.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+app.command()(watch)
+app.command()(upload)
+app.command()(inspect)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"tracelet {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[Optional[bool], typer.Option(
+        "--version", callback=_version, is_eager=True, help="Print the version and exit.")] = None,
+) -> None:
+    """Replay TensorBoard logs into Weights & Biases, live or after the fact."""
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the CLI; usage errors become one line on stderr and exit code 2."""
+    try:
+        rv = app(args=argv, prog_name="tracelet", standalone_mode=False)
+        return rv if isinstance(rv, int) else 0
+    except UsageError as exc:
+        print(f"tracelet: error: {exc}", file=sys.stderr)
+        return 2
+    except typer.Exit as exc:
+        return exc.exit_code
+    except typer.Abort:
+        return 130
+    except click_exc.NoArgsIsHelpError:
+        app(args=["--help"], prog_name="tracelet", standalone_mode=False)
+        return 2
+    except click_exc.UsageError as exc:
+        print(f"tracelet: error: {exc.format_message()}", file=sys.stderr)
+        return 2
+    except click_exc.ClickException as exc:
+        print(f"tracelet: error: {exc.format_message()}", file=sys.stderr)
+        return exc.exit_code
+    except TraceletError as exc:
+        print(f"tracelet: error: {exc}", file=sys.stderr)
+        return 1

@@ -1,0 +1,47 @@
+"""`tracelet upload ROOT`: replay everything present once, resumably."""
+
+from __future__ import annotations
+
+import sys
+from typing import Annotated
+
+import typer
+
+from ..engine import Options
+from ._common import (BackendOpt, EntityOpt, LogLevelOpt, ModeOpt, ProjectOpt, StateDirOpt,
+                      print_outcome, setup_logging, wire)
+
+
+def upload(
+    root: Annotated[str, typer.Argument(help="The runs root: one run per first-level directory.")],
+    backend: BackendOpt = "wandb",
+    project: ProjectOpt = None,
+    entity: EntityOpt = None,
+    mode: ModeOpt = None,
+    state_dir: StateDirOpt = None,
+    progress: Annotated[bool, typer.Option(help="Show a progress bar (bytes).")] = True,
+    log_level: LogLevelOpt = "info",
+) -> None:
+    """Upload every run under ROOT once; a rerun sends only what is new."""
+    setup_logging(log_level)
+    bar = None
+    w = wire(root, backend, project, entity, mode, state_dir, Options())
+    if progress and sys.stderr.isatty():
+        from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn, TransferSpeedColumn
+
+        w.engine.rescan()
+        bar = Progress("[progress.description]{task.description}", BarColumn(), DownloadColumn(),
+                       TransferSpeedColumn(), TimeRemainingColumn(), transient=False)
+        task = bar.add_task("upload", total=w.engine.backlog_bytes())
+        w.engine.on_progress = lambda n: bar.advance(task, n)
+        bar.start()
+    try:
+        report = w.engine.upload()
+    finally:
+        if bar is not None:
+            bar.stop()
+        w.backend.close()
+        w.store.close()
+    print_outcome(w)
+    if not report.ok or report.quarantined:
+        raise typer.Exit(1)

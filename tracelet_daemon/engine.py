@@ -1,0 +1,460 @@
+"""The loop that ties discovery, the reader, the decoder, the run mapper, the state store and a
+backend together.
+
+Order of operations for every batch of a run (the exactly-once protocol):
+
+1. read whole records from each grown file of the run, bounded per batch;
+2. decode them and group values into rows numbered ``next_seq...``;
+3. journal "rows a..b come from these byte ranges" in the state store (fsynced);
+4. hand the rows to the backend;
+5. when the backend confirms it holds rows up to N, fold batches up to N into file offsets.
+
+After a crash, opening a run asks the backend how far it really got and replays the journaled
+ranges past that point, skipping rows the backend already has. Nothing is acknowledged on the
+strength of a call returning.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+from . import discovery
+from .backends.base import Backend, RunSink, RunSpec
+from .errors import BackendError, ReaderError
+from .events import UndecodableEvent, decode_event
+from .records import read_batch
+from .runs import RunRef, group_rows, locate, run_ref
+from .state import FileRecord, RunRecord, StateStore
+from .values import Event
+
+log = logging.getLogger("tracelet.engine")
+
+
+@dataclass
+class Options:
+    max_batch_bytes: int = 8 << 20
+    finish_timeout: float = 30.0  # wait for the backend to confirm the tail of a run
+    rescan_interval: float = 5.0  # full rescans: the authority on which files exist
+    ack_interval: float = 1.0
+    use_inotify: bool = True
+    retry_max: float = 60.0  # cap of the exponential backoff after a backend failure
+
+
+@dataclass
+class Report:
+    runs: int = 0
+    rows: int = 0
+    bytes_read: int = 0
+    corrupt_records: int = 0
+    quarantined: list[str] = field(default_factory=list)
+    pending_tails: list[str] = field(default_factory=list)
+    failed_runs: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed_runs
+
+
+class _Cursor:
+    """A file being followed: the read position runs ahead of the acknowledged offset."""
+
+    __slots__ = ("path", "record", "offset", "stuck_size", "warned")
+
+    def __init__(self, record: FileRecord) -> None:
+        self.path = record.path
+        self.record = record
+        self.offset = record.acked_offset
+        self.stuck_size = -1  # size at which the tail was incomplete; no retry until it grows
+        self.warned = False
+
+    @property
+    def prefix(self) -> str:
+        return self.record.prefix
+
+
+class _Worker:
+    """One run: its files, its open sink (if any) and its sequence counter."""
+
+    def __init__(self, ref: RunRef) -> None:
+        self.ref = ref
+        self.cursors: dict[str, _Cursor] = {}
+        self.sink: RunSink | None = None
+        self.record: RunRecord | None = None
+        self.next_seq = 0
+        self.reported: set[str] = set()
+        self.retry_at = 0.0
+        self.failures = 0
+        self.journal_pending = False
+        self.unfolded = 0  # journaled batches not yet folded into offsets
+
+    def has_data(self) -> bool:
+        if self.journal_pending:
+            return True
+        for c in self.cursors.values():
+            if c.record.status != "ok":
+                continue
+            try:
+                size = os.stat(c.path).st_size
+            except OSError:
+                continue
+            if size > c.offset and size != c.stuck_size:
+                return True
+        return False
+
+
+class Engine:
+    def __init__(
+        self,
+        root: str,
+        backend: Backend,
+        store: StateStore,
+        options: Options | None = None,
+        *,
+        project: str | None = None,
+        entity: str | None = None,
+        on_progress: Callable[[int], None] | None = None,
+    ) -> None:
+        self.root = os.path.abspath(root)
+        self.backend = backend
+        self.store = store
+        self.options = options or Options()
+        self.project = project
+        self.entity = entity
+        self.on_progress = on_progress
+        self.report = Report()
+        self._workers: dict[str, _Worker] = {}
+        self._warned_dirs: set[str] = set()
+
+    # -- discovery -------------------------------------------------------------------------
+    def register(self, paths: Iterable[str]) -> set[str]:
+        """Start following `paths`; returns the keys of runs they belong to."""
+        keys = set()
+        for path in paths:
+            try:
+                run_rel, prefix = locate(self.root, path)
+            except ValueError:
+                continue
+            ref = run_ref(self.root, run_rel)
+            worker = self._workers.get(ref.key)
+            if worker is None:
+                worker = self._load_worker(ref)
+            if path not in worker.cursors:
+                worker.cursors[path] = _Cursor(FileRecord(path, ref.key, prefix))
+            keys.add(ref.key)
+        return keys
+
+    def _load_worker(self, ref: RunRef) -> _Worker:
+        worker = _Worker(ref)
+        for path, rec in self.store.files_of(ref.key).items():
+            worker.cursors[path] = _Cursor(rec)
+        for batch in self.store.batches(ref.key):
+            worker.journal_pending = True
+            for path, _start, end in batch.ranges:
+                cursor = worker.cursors.get(path)
+                if cursor is not None:
+                    cursor.offset = max(cursor.offset, end)
+        self._workers[ref.key] = worker
+        return worker
+
+    def rescan(self) -> set[str]:
+        return self.register(discovery.scan(self.root, self._warned_dirs))
+
+    def backlog_bytes(self) -> int:
+        total = 0
+        for worker in self._workers.values():
+            for c in worker.cursors.values():
+                try:
+                    total += max(0, os.stat(c.path).st_size - c.offset)
+                except OSError:
+                    pass
+        return total
+
+    # -- opening and recovery --------------------------------------------------------------
+    def _open(self, w: _Worker) -> None:
+        rec = self.store.get_run(w.ref.key)
+        if rec is None:
+            rec = RunRecord(w.ref.key, w.ref.run_id, w.ref.name, self.backend.name)
+        spec = RunSpec(rec.run_id, rec.name, w.ref.directory, self.project, self.entity)
+        w.sink = self.backend.open_run(spec)
+        durable = max(w.sink.durable_seq(), rec.acked_seq)
+        batches = self.store.batches(w.ref.key)
+        if durable >= rec.next_seq:
+            log.warning(
+                "%s: the backend holds rows up to #%d but the state store expected at most #%d;"
+                " was the state reset? continuing after #%d",
+                w.ref.name, durable, rec.next_seq - 1, durable,
+            )
+        rec.next_seq = max(rec.next_seq, durable + 1)
+        rec.acked_seq = durable
+        rec.location = w.sink.location
+        self.store.put_run(rec)
+        w.record = rec
+        self.store.acknowledge(w.ref.key, durable)
+        w.unfolded = len(self.store.batches(w.ref.key))
+        w.next_seq = rec.next_seq
+        for batch in batches:
+            if batch.seq_last > durable:
+                self._replay(w, batch, durable)
+        w.journal_pending = False
+        self.report.runs += 1
+        log.info("%s: run %s open at %s (resuming after row #%d)", w.ref.name, rec.run_id, rec.location, durable)
+
+    def _replay(self, w: _Worker, batch, durable: int) -> None:
+        """Re-read a journaled batch byte for byte and send the rows the backend lacks."""
+        events: list[tuple[str, Event]] = []
+        try:
+            for path, start, end in batch.ranges:
+                cursor = w.cursors.get(path) or _Cursor(FileRecord(path, w.ref.key, locate(self.root, path)[1]))
+                events.extend(self._decode(w, cursor, read_batch(path, start, end=end).records, count=False))
+        except (OSError, ReaderError) as exc:
+            log.error("%s: cannot replay rows #%d-#%d (%s); they are lost", w.ref.name, batch.seq_first, batch.seq_last, exc)
+            return
+        rows = group_rows(events, batch.seq_first)
+        if len(rows) != batch.seq_last - batch.seq_first + 1:
+            log.error("%s: journaled bytes changed since they were read; rows #%d-#%d not replayed",
+                      w.ref.name, batch.seq_first, batch.seq_last)
+            return
+        todo = [r for r in rows if r.seq > durable]
+        if todo:
+            log.info("%s: replaying %d row(s) the backend did not confirm", w.ref.name, len(todo))
+            w.sink.write(todo)
+
+    # -- reading ---------------------------------------------------------------------------
+    def _decode(self, w: _Worker, cursor: _Cursor, records: list[bytes], count: bool = True):
+        out: list[tuple[str, Event]] = []
+        prefix = cursor.prefix
+        plugins = cursor.record.plugins
+        for payload in records:
+            try:
+                ev = decode_event(payload, plugins)
+            except UndecodableEvent as exc:
+                if count:
+                    cursor.record.corrupt += 1
+                    self.report.corrupt_records += 1
+                    self._say_once(w, "undecodable:" + cursor.path, logging.WARNING,
+                                   "%s: a record is not a TensorBoard event (%s); skipped", cursor.path, exc)
+                continue
+            if ev is None:
+                continue
+            for tag, kind in ev.skipped:
+                self._say_once(w, f"skip:{prefix}/{tag}:{kind}", logging.INFO,
+                               "%s: tag %r (%s) is not supported yet; skipped", w.ref.name, tag, kind)
+            out.append((prefix, ev))
+        return out
+
+    def _say_once(self, w: _Worker, key: str, level: int, msg: str, *args: object) -> None:
+        if key not in w.reported:
+            w.reported.add(key)
+            log.log(level, msg, *args)
+
+    def _read_file(self, w: _Worker, c: _Cursor, budget: int):
+        try:
+            size = os.stat(c.path).st_size
+        except OSError:
+            return None
+        c.record.size = size
+        if size <= c.offset or size == c.stuck_size:
+            return None
+        try:
+            rb = read_batch(c.path, c.offset, budget)
+        except OSError as exc:
+            self._say_once(w, "io:" + c.path, logging.WARNING, "cannot read %s: %s", c.path, exc.strerror or exc)
+            return None
+        c.stuck_size = size if rb.pending is not None else -1
+        if rb.corrupt:
+            c.record.corrupt += len(rb.corrupt)
+            self.report.corrupt_records += len(rb.corrupt)
+            first = rb.corrupt[0]
+            log.warning("%s: %d record(s) failed their checksum (first at byte %d); skipped, %d so far",
+                        c.path, len(rb.corrupt), first.offset, c.record.corrupt)
+        if rb.fatal is not None:
+            c.record.status = "quarantined"
+            c.record.error = str(rb.fatal)
+            self.report.quarantined.append(c.path)
+            log.error("%s; file quarantined, other files go on", rb.fatal)
+        return rb
+
+    def step(self, w: _Worker) -> int:
+        """Read, journal and send one batch of `w`; returns the bytes consumed (0: nothing new)."""
+        budget = self.options.max_batch_bytes
+        events: list[tuple[str, Event]] = []
+        ranges: list[tuple[str, int, int]] = []
+        touched: list[FileRecord] = []
+        for path in sorted(w.cursors):
+            c = w.cursors[path]
+            if c.record.status != "ok":
+                continue
+            rb = self._read_file(w, c, budget)
+            if rb is None:
+                continue
+            consumed = rb.end - rb.start
+            if consumed or rb.fatal is not None:
+                touched.append(c.record)
+            if not consumed:
+                continue
+            ranges.append((path, rb.start, rb.end))
+            events.extend(self._decode(w, c, rb.records))
+            c.offset = rb.end
+            budget -= consumed
+            if budget <= 0:
+                break
+        if not touched:
+            return 0
+        if not ranges:
+            for rec in touched:
+                self.store.put_file(rec)
+            return 0
+        rows = group_rows(events, w.next_seq)
+        seq_last = w.next_seq + len(rows) - 1
+        self.store.journal(w.ref.key, w.next_seq, seq_last, ranges, touched)
+        w.unfolded += 1
+        w.next_seq = seq_last + 1
+        if rows:
+            w.sink.write(rows)
+            self.report.rows += len(rows)
+        consumed = sum(end - start for _, start, end in ranges)
+        self.report.bytes_read += consumed
+        if self.on_progress:
+            self.on_progress(consumed)
+        self._ack(w)
+        return consumed
+
+    def _ack(self, w: _Worker, upto: int | None = None, *, force: bool = False) -> None:
+        """Fold what the backend confirmed into offsets (`force`: also batches without rows)."""
+        if w.sink is None or w.record is None:
+            return
+        acked = w.sink.acknowledged() if upto is None else upto
+        if acked > w.record.acked_seq or (force and w.unfolded and acked >= w.record.acked_seq):
+            w.unfolded -= self.store.acknowledge(w.ref.key, acked)
+            w.record.acked_seq = max(w.record.acked_seq, acked)
+
+    # -- run lifecycle ---------------------------------------------------------------------
+    def _drain(self, w: _Worker, stop: threading.Event | None = None) -> bool:
+        """Open `w` if needed and send everything it has; False if the backend failed."""
+        if time.monotonic() < w.retry_at:
+            return False
+        try:
+            if w.sink is None:
+                self._open(w)
+            while self.step(w):
+                if stop is not None and stop.is_set():
+                    break
+            w.failures = 0
+            return True
+        except BackendError as exc:
+            w.failures += 1
+            delay = min(self.options.retry_max, 2.0 ** min(w.failures, 10))
+            w.retry_at = time.monotonic() + delay
+            log.error("%s (retrying in %.0fs)", exc, delay)
+            self._abandon(w)
+            return False
+
+    def _abandon(self, w: _Worker) -> None:
+        """Drop an open sink after a failure; its journal makes the next open replay."""
+        if w.sink is not None:
+            try:
+                w.sink.finish(timeout=5)
+            except Exception:  # noqa: BLE001 - it already failed
+                pass
+        w.sink = None
+        w.journal_pending = bool(self.store.batches(w.ref.key))
+        for c in w.cursors.values():
+            c.offset = max(c.record.acked_offset, self._journal_end(w, c.path))
+
+    def _journal_end(self, w: _Worker, path: str) -> int:
+        end = 0
+        for batch in self.store.batches(w.ref.key):
+            for p, _s, e in batch.ranges:
+                if p == path:
+                    end = max(end, e)
+        return end
+
+    def finish(self, w: _Worker) -> None:
+        if w.sink is None:
+            return
+        acked = w.sink.finish(self.options.finish_timeout)
+        self._ack(w, acked, force=True)
+        w.sink = None
+        if acked < w.next_seq - 1:
+            log.warning("%s: backend confirmed rows up to #%d of #%d; the rest is replayed next time",
+                        w.ref.name, acked, w.next_seq - 1)
+
+    def close(self) -> None:
+        """Finish every open run (drain, confirm, fold offsets)."""
+        for w in list(self._workers.values()):
+            try:
+                self.finish(w)
+            except Exception as exc:  # noqa: BLE001 - finish the others
+                log.error("%s: finishing failed: %s", w.ref.name, exc)
+        self._collect_tails()
+
+    def _collect_tails(self) -> None:
+        for w in self._workers.values():
+            for c in w.cursors.values():
+                if c.stuck_size >= 0:
+                    self.report.pending_tails.append(
+                        f"{c.path}: incomplete record at byte {c.offset}; it is read once complete"
+                    )
+
+    # -- commands --------------------------------------------------------------------------
+    def upload(self) -> Report:
+        """One pass over everything present, one run at a time, each finished when done."""
+        self.rescan()
+        for key in sorted(self._workers):
+            w = self._workers[key]
+            if not w.has_data():
+                continue
+            if not self._drain(w):
+                self.report.failed_runs.append(w.ref.name)
+                continue
+            self.finish(w)
+        self._collect_tails()
+        return self.report
+
+    def watch(self, stop: threading.Event) -> Report:
+        """Follow the root until `stop` is set; then finish every run and return."""
+        watcher = discovery.Watcher(self.root, use_inotify=self.options.use_inotify)
+        stop_waker = threading.Thread(target=lambda: (stop.wait(), watcher.wake()), daemon=True)
+        stop_waker.start()
+        log.info("watching %s (%s)", self.root, "inotify + rescans" if watcher.inotify else "polling rescans")
+        next_scan = 0.0
+        try:
+            while not stop.is_set():
+                now = time.monotonic()
+                if now >= next_scan:
+                    dirty = self.rescan() | set(self._workers)
+                    next_scan = now + self.options.rescan_interval
+                else:
+                    dirty = set()
+                for w in self._workers.values():
+                    if w.sink is None and w.journal_pending:
+                        dirty.add(w.ref.key)
+                for key in sorted(dirty):
+                    if stop.is_set():
+                        break
+                    w = self._workers[key]
+                    if w.sink is not None or w.has_data():
+                        self._drain(w, stop)
+                for w in self._workers.values():
+                    if w.sink is not None:
+                        self._ack(w, force=True)
+                timeout = max(0.05, min(next_scan - time.monotonic(), self.options.ack_interval))
+                hints = watcher.wait(timeout)
+                if stop.is_set():
+                    break
+                files = [h for h in hints if os.path.isfile(h)]
+                if len(files) != len(hints):
+                    next_scan = 0.0  # a directory appeared or something vanished: rescan now
+                for key in self.register(files):
+                    w = self._workers[key]
+                    if w.sink is not None or w.has_data():
+                        self._drain(w, stop)
+        finally:
+            watcher.stop()
+            self.close()
+        return self.report

@@ -1,0 +1,190 @@
+"""TFRecord framing: resumable, typed, bounded reads of a growing file.
+
+Layout of one record::
+
+    u64 LE length | u32 masked CRC32C(length bytes) | payload | u32 masked CRC32C(payload)
+
+Modelled on TensorBoard's Rust reader: a reader is a position in a file; each call either returns
+a whole record and moves past it, or raises a typed error and says where it stands. Nothing here
+knows about protobufs. The file is read in bounded chunks with ``os.pread``; the length field is
+checked against its own checksum and against what the file holds before anything is allocated.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+from google_crc32c import value as _crc32c
+
+from .errors import CorruptRecordError, FramingError, TruncatedRecordError
+
+HEADER_SIZE = 12
+FOOTER_SIZE = 4
+MAX_RECORD_SIZE = 1 << 30  # a TensorBoard event is never near this; a bigger length is garbage
+_MASK_DELTA = 0xA282EAD8
+_HEADER = struct.Struct("<QI")
+_FOOTER = struct.Struct("<I")
+_DEFAULT_CHUNK = 4 << 20
+
+
+def masked_crc32c(data: bytes) -> int:
+    """TFRecord's masked CRC32C (rotate right by 15, add a constant)."""
+    crc = _crc32c(data)
+    return (((crc >> 15) | (crc << 17)) + _MASK_DELTA) & 0xFFFFFFFF
+
+
+def frame(payload: bytes) -> bytes:
+    """Frame one payload as a TFRecord (used by tests and tools that write deliberately)."""
+    length = struct.pack("<Q", len(payload))
+    return (
+        length
+        + _FOOTER.pack(masked_crc32c(length))
+        + payload
+        + _FOOTER.pack(masked_crc32c(payload))
+    )
+
+
+class RecordReader:
+    """Reads records from `path` starting at byte `offset`.
+
+    ``offset`` is always the start of the next record to read: it moves past a record only once
+    that record was returned whole or reported corrupt, so a caller may persist it at any time.
+    One descriptor is held until ``close``; reads never go past what the file holds.
+    """
+
+    def __init__(self, path: str, offset: int = 0, *, chunk_size: int = _DEFAULT_CHUNK) -> None:
+        self.path = path
+        self.offset = offset
+        self._chunk = max(chunk_size, HEADER_SIZE + FOOTER_SIZE)
+        self._fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+        self._buf = b""
+        self._buf_start = offset  # file position of self._buf[0]
+
+    # -- lifecycle -------------------------------------------------------------------------
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+        self._buf = b""
+
+    def __enter__(self) -> RecordReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def size(self) -> int:
+        return os.fstat(self._fd).st_size
+
+    # -- reading ---------------------------------------------------------------------------
+    def _ensure(self, need: int) -> bool:
+        """Make `need` bytes from self.offset available in the buffer; False at end of data."""
+        rel = self.offset - self._buf_start
+        if len(self._buf) - rel >= need:
+            return True
+        want = max(need, self._chunk)
+        data = os.pread(self._fd, want, self.offset)
+        self._buf, self._buf_start = data, self.offset
+        return len(data) >= need
+
+    def read_record(self) -> bytes | None:
+        """Return the next payload, None at a clean end of data, or raise a ReaderError subclass.
+
+        TruncatedRecordError: not all of the record is on disk yet; offset unchanged.
+        CorruptRecordError: the payload failed its checksum; offset moved past it.
+        FramingError: the length is corrupt or absurd; offset unchanged, stop this file.
+        """
+        start = self.offset
+        if not self._ensure(HEADER_SIZE):
+            if not self._buf:  # nothing at all past the last record: a clean end
+                return None
+            raise TruncatedRecordError(self.path, start, "incomplete record header")
+        rel = start - self._buf_start
+        buf = self._buf
+        length, length_crc = _HEADER.unpack_from(buf, rel)
+        if masked_crc32c(buf[rel : rel + 8]) != length_crc:
+            raise FramingError(self.path, start, "record length fails its checksum")
+        if length > MAX_RECORD_SIZE:
+            raise FramingError(self.path, start, f"absurd record length {length}")
+        total = HEADER_SIZE + length + FOOTER_SIZE
+        if len(buf) - rel < total:
+            available = self.size() - start
+            if available < total:
+                raise TruncatedRecordError(
+                    self.path, start, f"incomplete record ({available} of {total} bytes on disk)"
+                )
+            if not self._ensure(total):  # file shrank between fstat and pread
+                raise TruncatedRecordError(self.path, start, "incomplete record")
+            rel, buf = 0, self._buf
+        body = rel + HEADER_SIZE
+        payload = buf[body : body + length]
+        (payload_crc,) = _FOOTER.unpack_from(buf, body + length)
+        self.offset = start + total
+        if masked_crc32c(payload) != payload_crc:
+            raise CorruptRecordError(
+                self.path, start, "record payload fails its checksum", self.offset
+            )
+        return payload
+
+
+@dataclass
+class ReadBatch:
+    """What one bounded pass over a file produced."""
+
+    records: list[bytes] = field(default_factory=list)
+    start: int = 0
+    end: int = 0  # offset after the last record returned or skipped
+    corrupt: list[CorruptRecordError] = field(default_factory=list)
+    pending: TruncatedRecordError | None = None  # incomplete tail, retry later
+    fatal: FramingError | None = None  # stop this file
+
+
+def read_batch(path: str, offset: int, max_bytes: int = 8 << 20, *, end: int | None = None) -> ReadBatch:
+    """Read whole records from `offset` until `max_bytes` were consumed or `end` is reached.
+
+    Passing `end` replays an exact byte range read before (crash recovery); a replay that cannot
+    reach `end` raises the error it met, because the file changed under us.
+    """
+    batch = ReadBatch(start=offset, end=offset)
+    limit = offset + max_bytes if end is None else end
+    with RecordReader(path, offset, chunk_size=min(max(max_bytes, 1 << 16), _DEFAULT_CHUNK)) as rd:
+        while rd.offset < limit:
+            try:
+                payload = rd.read_record()
+            except CorruptRecordError as exc:
+                batch.corrupt.append(exc)
+            except TruncatedRecordError as exc:
+                if end is not None:
+                    raise
+                batch.pending = exc
+                break
+            except FramingError as exc:
+                if end is not None:
+                    raise
+                batch.fatal = exc
+                break
+            if payload is None:
+                break
+            batch.records.append(payload)
+        batch.end = rd.offset
+    if end is not None and batch.end != end:
+        raise FramingError(path, batch.end, f"replay overran its recorded end {end}")
+    return batch
+
+
+def iter_records(path: str, offset: int = 0) -> Iterator[bytes]:
+    """Every intact payload from `offset` to the end; corrupt records skipped, tail ignored."""
+    with RecordReader(path, offset) as rd:
+        while True:
+            try:
+                payload = rd.read_record()
+            except CorruptRecordError:
+                continue
+            except (TruncatedRecordError, FramingError):
+                return
+            if payload is None:
+                return
+            yield payload

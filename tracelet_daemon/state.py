@@ -1,0 +1,266 @@
+"""Durable state: acknowledged offsets, run identities and a write-ahead journal of batches.
+
+The store never claims more than a backend confirmed. Before rows go to a backend, the byte
+ranges they came from are journaled (one SQLite transaction, fsynced). Only when the backend
+confirms it holds rows up to sequence number N are the batches up to N folded into the per-file
+acknowledged offsets. After a crash the engine asks the backend how far it really got and
+replays the journaled ranges past that point, byte for byte, skipping what the backend has.
+
+SQLite (WAL, synchronous=FULL) gives atomic multi-row updates; a damaged database is moved
+aside with a clear message rather than crashing the daemon.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sqlite3
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+from .errors import StateError
+
+log = logging.getLogger("tracelet.state")
+
+SCHEMA_VERSION = 1
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta(k TEXT PRIMARY KEY, v TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS runs(
+    key TEXT PRIMARY KEY,
+    run_id TEXT NOT NULL,
+    name TEXT NOT NULL,
+    backend TEXT NOT NULL DEFAULT '',
+    next_seq INTEGER NOT NULL DEFAULT 0,
+    acked_seq INTEGER NOT NULL DEFAULT -1,
+    location TEXT NOT NULL DEFAULT '',
+    updated REAL NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS files(
+    path TEXT PRIMARY KEY,
+    run_key TEXT NOT NULL,
+    prefix TEXT NOT NULL DEFAULT '',
+    acked_offset INTEGER NOT NULL DEFAULT 0,
+    plugins TEXT NOT NULL DEFAULT '{}',
+    corrupt INTEGER NOT NULL DEFAULT 0,
+    status TEXT NOT NULL DEFAULT 'ok',
+    error TEXT NOT NULL DEFAULT '',
+    size INTEGER NOT NULL DEFAULT 0,
+    updated REAL NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS files_by_run ON files(run_key);
+CREATE TABLE IF NOT EXISTS batches(
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    run_key TEXT NOT NULL,
+    seq_first INTEGER NOT NULL,
+    seq_last INTEGER NOT NULL,
+    ranges TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS batches_by_run ON batches(run_key, id);
+"""
+
+
+@dataclass
+class RunRecord:
+    key: str
+    run_id: str
+    name: str
+    backend: str = ""
+    next_seq: int = 0
+    acked_seq: int = -1
+    location: str = ""
+
+
+@dataclass
+class FileRecord:
+    path: str
+    run_key: str
+    prefix: str = ""
+    acked_offset: int = 0
+    plugins: dict[str, str] = field(default_factory=dict)
+    corrupt: int = 0
+    status: str = "ok"  # ok | quarantined
+    error: str = ""
+    size: int = 0
+
+
+@dataclass
+class Batch:
+    """Rows seq_first..seq_last came from these exact byte ranges, read in this order."""
+
+    id: int
+    seq_first: int
+    seq_last: int
+    ranges: list[tuple[str, int, int]]
+
+
+def default_state_dir() -> str:
+    env = os.environ.get("TRACELET_STATE_DIR")
+    if env:
+        return env
+    base = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
+    return os.path.join(base, "tracelet")
+
+
+class StateStore:
+    """One SQLite database in `state_dir`; used from one thread at a time."""
+
+    FILENAME = "state.sqlite3"
+
+    def __init__(self, state_dir: str) -> None:
+        self.state_dir = os.path.abspath(state_dir)
+        try:
+            os.makedirs(self.state_dir, mode=0o700, exist_ok=True)
+        except OSError as exc:
+            raise StateError(f"cannot create state directory {self.state_dir}: {exc.strerror}") from exc
+        if not os.access(self.state_dir, os.W_OK | os.X_OK):
+            raise StateError(f"state directory {self.state_dir} is not writable")
+        self.path = os.path.join(self.state_dir, self.FILENAME)
+        self._db = self._open()
+
+    def _open(self) -> sqlite3.Connection:
+        try:
+            return self._connect()
+        except sqlite3.DatabaseError as exc:
+            aside = f"{self.path}.corrupt-{int(time.time())}"
+            os.replace(self.path, aside)
+            log.error("state %s is unreadable (%s); moved aside to %s, starting fresh", self.path, exc, aside)
+            return self._connect()
+
+    def _connect(self) -> sqlite3.Connection:
+        db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=FULL")
+            db.executescript(_SCHEMA)
+            db.execute("SELECT count(*) FROM runs").fetchone()
+            db.execute(
+                "INSERT OR IGNORE INTO meta(k, v) VALUES('schema_version', ?)", (str(SCHEMA_VERSION),)
+            )
+        except sqlite3.DatabaseError:
+            db.close()
+            raise
+        return db
+
+    def close(self) -> None:
+        self._db.close()
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        try:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+        except sqlite3.Error as exc:
+            raise StateError(f"state store {self.path}: {exc}") from exc
+
+    # -- runs ------------------------------------------------------------------------------
+    def get_run(self, key: str) -> RunRecord | None:
+        row = self._db.execute(
+            "SELECT key, run_id, name, backend, next_seq, acked_seq, location FROM runs WHERE key=?",
+            (key,),
+        ).fetchone()
+        return RunRecord(*row) if row else None
+
+    def put_run(self, run: RunRecord) -> None:
+        with self._tx() as db:
+            db.execute(
+                "INSERT INTO runs(key, run_id, name, backend, next_seq, acked_seq, location, updated)"
+                " VALUES(?,?,?,?,?,?,?,?) ON CONFLICT(key) DO UPDATE SET run_id=excluded.run_id,"
+                " name=excluded.name, backend=excluded.backend, next_seq=excluded.next_seq,"
+                " acked_seq=excluded.acked_seq, location=excluded.location, updated=excluded.updated",
+                (run.key, run.run_id, run.name, run.backend, run.next_seq, run.acked_seq,
+                 run.location, time.time()),
+            )
+
+    def all_runs(self) -> list[RunRecord]:
+        rows = self._db.execute(
+            "SELECT key, run_id, name, backend, next_seq, acked_seq, location FROM runs ORDER BY key"
+        ).fetchall()
+        return [RunRecord(*r) for r in rows]
+
+    # -- files -----------------------------------------------------------------------------
+    def files_of(self, run_key: str) -> dict[str, FileRecord]:
+        rows = self._db.execute(
+            "SELECT path, run_key, prefix, acked_offset, plugins, corrupt, status, error, size"
+            " FROM files WHERE run_key=?",
+            (run_key,),
+        ).fetchall()
+        out = {}
+        for path, rk, prefix, off, plugins, corrupt, status, error, size in rows:
+            out[path] = FileRecord(path, rk, prefix, off, json.loads(plugins), corrupt, status, error, size)
+        return out
+
+    def put_file(self, f: FileRecord) -> None:
+        with self._tx() as db:
+            self._put_file(db, f)
+
+    @staticmethod
+    def _put_file(db: sqlite3.Connection, f: FileRecord) -> None:
+        db.execute(
+            "INSERT INTO files(path, run_key, prefix, acked_offset, plugins, corrupt, status, error,"
+            " size, updated) VALUES(?,?,?,?,?,?,?,?,?,?) ON CONFLICT(path) DO UPDATE SET"
+            " run_key=excluded.run_key, prefix=excluded.prefix, plugins=excluded.plugins,"
+            " corrupt=excluded.corrupt, status=excluded.status, error=excluded.error,"
+            " size=excluded.size, updated=excluded.updated",
+            (f.path, f.run_key, f.prefix, f.acked_offset, json.dumps(f.plugins, sort_keys=True),
+             f.corrupt, f.status, f.error, f.size, time.time()),
+        )
+
+    # -- journal ---------------------------------------------------------------------------
+    def journal(
+        self,
+        run_key: str,
+        seq_first: int,
+        seq_last: int,
+        ranges: list[tuple[str, int, int]],
+        files: list[FileRecord],
+    ) -> None:
+        """Durably note that rows seq_first..seq_last come from `ranges`, before sending them."""
+        with self._tx() as db:
+            db.execute(
+                "INSERT INTO batches(run_key, seq_first, seq_last, ranges) VALUES(?,?,?,?)",
+                (run_key, seq_first, seq_last, json.dumps(ranges)),
+            )
+            db.execute(
+                "UPDATE runs SET next_seq=max(next_seq, ?), updated=? WHERE key=?",
+                (seq_last + 1, time.time(), run_key),
+            )
+            for f in files:
+                self._put_file(db, f)
+
+    def batches(self, run_key: str) -> list[Batch]:
+        rows = self._db.execute(
+            "SELECT id, seq_first, seq_last, ranges FROM batches WHERE run_key=? ORDER BY id",
+            (run_key,),
+        ).fetchall()
+        return [Batch(i, a, b, [tuple(r) for r in json.loads(rg)]) for i, a, b, rg in rows]
+
+    def acknowledge(self, run_key: str, acked_seq: int) -> int:
+        """Fold every batch the backend holds completely into file offsets; returns how many."""
+        folded = 0
+        with self._tx() as db:
+            rows = db.execute(
+                "SELECT id, seq_last, ranges FROM batches WHERE run_key=? ORDER BY id", (run_key,)
+            ).fetchall()
+            for batch_id, seq_last, ranges in rows:
+                if seq_last > acked_seq:
+                    break
+                for path, _start, end in json.loads(ranges):
+                    db.execute(
+                        "UPDATE files SET acked_offset=max(acked_offset, ?), updated=? WHERE path=?",
+                        (end, time.time(), path),
+                    )
+                db.execute("DELETE FROM batches WHERE id=?", (batch_id,))
+                folded += 1
+            db.execute(
+                "UPDATE runs SET acked_seq=max(acked_seq, ?), updated=? WHERE key=?",
+                (acked_seq, time.time(), run_key),
+            )
+        return folded
