@@ -258,6 +258,10 @@ class Engine:
         except OSError:
             return None
         c.record.size = size
+        if size < c.offset:
+            self._say_once(w, "shrank:" + c.path, logging.ERROR,
+                           "%s is shorter (%d bytes) than what was already read (%d): truncated or"
+                           " replaced; it is not read again", c.path, size, c.offset)
         if size <= c.offset or size == c.stuck_size:
             return None
         try:

@@ -156,6 +156,7 @@ def read_batch(path: str, offset: int, max_bytes: int = 8 << 20, *, end: int | N
                 payload = rd.read_record()
             except CorruptRecordError as exc:
                 batch.corrupt.append(exc)
+                continue
             except TruncatedRecordError as exc:
                 if end is not None:
                     raise

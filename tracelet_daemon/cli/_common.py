@@ -23,6 +23,8 @@ ModeOpt = Annotated[Optional[str], typer.Option(
 StateDirOpt = Annotated[Optional[str], typer.Option(
     "--state-dir", help="Where offsets and run ids live (default: $TRACELET_STATE_DIR or ~/.local/state/tracelet).")]
 LogLevelOpt = Annotated[str, typer.Option(help="debug, info, warning or error.")]
+BatchBytesOpt = Annotated[int, typer.Option(
+    "--max-batch-bytes", min=1024, help="Bytes read per run before rows are journaled and sent.")]
 
 
 def setup_logging(level: str) -> None:

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from ..engine import Options
-from ._common import (BackendOpt, EntityOpt, LogLevelOpt, ModeOpt, ProjectOpt, StateDirOpt,
+from ._common import (BackendOpt, BatchBytesOpt, EntityOpt, LogLevelOpt, ModeOpt, ProjectOpt, StateDirOpt,
                       print_outcome, setup_logging, wire)
 
 
@@ -20,12 +20,13 @@ def upload(
     mode: ModeOpt = None,
     state_dir: StateDirOpt = None,
     progress: Annotated[bool, typer.Option(help="Show a progress bar (bytes).")] = True,
+    max_batch_bytes: BatchBytesOpt = 8 << 20,
     log_level: LogLevelOpt = "info",
 ) -> None:
     """Upload every run under ROOT once; a rerun sends only what is new."""
     setup_logging(log_level)
     bar = None
-    w = wire(root, backend, project, entity, mode, state_dir, Options())
+    w = wire(root, backend, project, entity, mode, state_dir, Options(max_batch_bytes=max_batch_bytes))
     if progress and sys.stderr.isatty():
         from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn, TransferSpeedColumn
 

@@ -11,7 +11,7 @@ from typing import Annotated
 import typer
 
 from ..engine import Options
-from ._common import (BackendOpt, EntityOpt, LogLevelOpt, ModeOpt, ProjectOpt, StateDirOpt,
+from ._common import (BackendOpt, BatchBytesOpt, EntityOpt, LogLevelOpt, ModeOpt, ProjectOpt, StateDirOpt,
                       print_outcome, setup_logging, wire)
 
 log = logging.getLogger("tracelet")
@@ -39,11 +39,12 @@ def watch(
     state_dir: StateDirOpt = None,
     poll: Annotated[bool, typer.Option(help="No inotify: find changes by periodic rescans only.")] = False,
     rescan_interval: Annotated[float, typer.Option(help="Seconds between full rescans.", min=0.1)] = 5.0,
+    max_batch_bytes: BatchBytesOpt = 8 << 20,
     log_level: LogLevelOpt = "info",
 ) -> None:
     """Tail every tfevents file under ROOT and replay it live."""
     setup_logging(log_level)
-    options = Options(rescan_interval=rescan_interval, use_inotify=not poll)
+    options = Options(rescan_interval=rescan_interval, use_inotify=not poll, max_batch_bytes=max_batch_bytes)
     w = wire(root, backend, project, entity, mode, state_dir, options)
     stop = threading.Event()
     install_signal_handlers(stop)

@@ -126,6 +126,21 @@ class OfflineRun:
         return self.exit_code is not None
 
 
+def _nested_row(items) -> dict[str, object]:
+    """History items as a row; media objects (nested keys) become nested dicts again."""
+    row: dict[str, object] = {}
+    for item in items:
+        value = json.loads(item.value_json)
+        if len(item.nested_key) > 1:
+            node = row
+            for part in item.nested_key[:-1]:
+                node = node.setdefault(part, {})  # type: ignore[assignment]
+            node[item.nested_key[-1]] = value  # type: ignore[index]
+        else:
+            row[item.nested_key[0] if item.nested_key else item.key] = value
+    return row
+
+
 def _item_key(item) -> str:
     return "/".join(item.nested_key) if item.nested_key else item.key
 
@@ -146,7 +161,7 @@ def load_offline_run(path: str) -> OfflineRun:
             for item in rec.config.update:
                 out.config[_item_key(item)] = json.loads(item.value_json)
         elif kind == "history":
-            out.history.append({_item_key(i): json.loads(i.value_json) for i in rec.history.item})
+            out.history.append(_nested_row(rec.history.item))
         elif kind == "summary":
             for item in rec.summary.update:
                 out.summary[_item_key(item)] = json.loads(item.value_json)

@@ -1,0 +1,123 @@
+"""Event decoding: real writers' TF1-style summaries and TF2 tensor summaries."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from tensorboard.compat.proto import event_pb2, summary_pb2
+from tensorboard.plugins.histogram import summary_v2 as hist_v2
+from tensorboard.plugins.image import metadata as image_metadata
+from tensorboard.plugins.scalar import summary_v2 as scalar_v2
+from tensorboard.plugins.text import summary_v2 as text_v2
+from tensorboard.util import tensor_util
+from tensorboardX import SummaryWriter
+
+from helpers import png_pixels
+from tracelet_daemon.events import UndecodableEvent, decode_event
+from tracelet_daemon.records import iter_records
+from tracelet_daemon.values import Histogram, Image, ImageBatch
+
+
+def _decode_all(path):
+    plugins: dict[str, str] = {}
+    return [ev for p in iter_records(str(path)) if (ev := decode_event(p, plugins)) is not None]
+
+
+def _event(summary, step=1, wall_time=10.0) -> bytes:
+    return event_pb2.Event(step=step, wall_time=wall_time, summary=summary).SerializeToString()
+
+
+def test_tensorboardx_scalar_histogram_image(tmp_path):
+    rng = np.random.default_rng(1)
+    img = rng.integers(0, 255, (3, 8, 6), dtype=np.uint8)
+    data = rng.normal(size=1000)
+    w = SummaryWriter(str(tmp_path))
+    w.add_scalar("loss", 0.25, 3)
+    w.add_histogram("w", data, 4)
+    w.add_image("pic", img, 5)
+    w.close()
+    (path,) = tmp_path.glob("*tfevents*")
+    events = _decode_all(path)
+    assert [(e.step, [t for t, _ in e.values]) for e in events] == [(3, ["loss"]), (4, ["w"]), (5, ["pic"])]
+    assert events[0].values[0][1] == 0.25
+    hist = events[1].values[0][1]
+    assert isinstance(hist, Histogram) and hist.total == 1000
+    assert hist.edges[0] == pytest.approx(data.min()) and hist.edges[-1] == pytest.approx(data.max())
+    image = events[2].values[0][1]
+    assert isinstance(image, Image) and (image.width, image.height) == (6, 8)
+    assert np.array_equal(png_pixels(image.encoded), img.transpose(1, 2, 0))
+
+
+def test_tf2_tensor_scalar_with_metadata_only_on_first_summary():
+    first = scalar_v2.scalar_pb("acc", 0.5)
+    later = scalar_v2.scalar_pb("acc", 0.75)
+    later.value[0].ClearField("metadata")  # TF2 writes plugin metadata once per tag
+    plugins: dict[str, str] = {}
+    a = decode_event(_event(first, step=1), plugins)
+    b = decode_event(_event(later, step=2), plugins)
+    assert a.values == [("acc", 0.5)] and b.values == [("acc", 0.75)]
+    assert plugins == {"acc": "scalars"}
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.int64, np.int32])
+def test_tf2_tensor_scalar_dtypes(dtype):
+    summary = summary_pb2.Summary()
+    summary.value.add(tag="x", tensor=tensor_util.make_tensor_proto(np.array(7, dtype=dtype)))
+    ev = decode_event(_event(summary), {})
+    assert ev.values == [("x", 7.0)]
+
+
+def test_tf2_histogram_tensor():
+    data = np.arange(100, dtype=np.float64)
+    ev = decode_event(_event(hist_v2.histogram_pb("h", data, buckets=10)), {})
+    ((tag, hist),) = ev.values
+    assert tag == "h" and isinstance(hist, Histogram)
+    assert len(hist.counts) == 10 and hist.total == 100
+    assert hist.edges[0] == 0 and hist.edges[-1] == 99
+
+
+def test_tf2_image_string_tensor_batch():
+    rng = np.random.default_rng(2)
+    pixels = [rng.integers(0, 255, (4, 5, 3), dtype=np.uint8) for _ in range(2)]
+    import io
+
+    from PIL import Image as PILImage
+
+    encoded = []
+    for p in pixels:
+        buf = io.BytesIO()
+        PILImage.fromarray(p).save(buf, format="PNG")
+        encoded.append(buf.getvalue())
+    tensor = tensor_util.make_tensor_proto([b"5", b"4", *encoded])
+    summary = summary_pb2.Summary()
+    summary.value.add(tag="imgs", tensor=tensor, metadata=image_metadata.create_summary_metadata(
+        display_name="imgs", description=""))
+    ev = decode_event(_event(summary), {})
+    ((tag, batch),) = ev.values
+    assert isinstance(batch, ImageBatch) and len(batch.images) == 2
+    for img, expected in zip(batch.images, pixels):
+        assert (img.width, img.height) == (5, 4)
+        assert np.array_equal(png_pixels(img.encoded), expected)
+
+
+def test_unknown_kinds_are_reported_not_dropped_silently():
+    ev = decode_event(_event(text_v2.text_pb("notes", "hello")), {})
+    assert ev.values == [] and ev.skipped == [("notes", "tensor:text")]
+    summary = summary_pb2.Summary()
+    summary.value.add(tag="snd", audio=summary_pb2.Summary.Audio(sample_rate=8000, encoded_audio_string=b"RIFF"))
+    assert decode_event(_event(summary), {}).skipped == [("snd", "audio")]
+
+
+def test_events_without_summary_and_garbage():
+    assert decode_event(event_pb2.Event(file_version="brain.Event:2").SerializeToString(), {}) is None
+    with pytest.raises(UndecodableEvent):
+        decode_event(b"\xff\xff\xff\xff", {})
+
+
+def test_histogram_rebin_preserves_total_and_range():
+    counts = tuple(float(i % 7) for i in range(611))
+    edges = tuple(float(i) for i in range(612))
+    h = Histogram(edges, counts).rebinned(512)
+    assert len(h.counts) <= 512 and len(h.edges) == len(h.counts) + 1
+    assert h.total == sum(counts) and h.edges[0] == 0 and h.edges[-1] == 611
+    assert list(h.edges) == sorted(h.edges)
