@@ -38,10 +38,22 @@ def wait_finished(path: str, timeout: float = 30.0) -> txlog.OfflineRun:
 def history_of(wandb_dir: str, run_id: str, *, require_exit: bool = True) -> list[dict]:
     """Every history row of every local folder of `run_id`, in order, as `wandb sync` uploads them."""
     rows: list[dict] = []
-    for path in txlog.find_run_files(wandb_dir, run_id):
-        run = wait_finished(path) if require_exit else txlog.load_offline_run(path)
+    for _path, run in offline_runs(wandb_dir, run_id, require_exit=require_exit):
         rows.extend(run.history)
     return rows
+
+
+def offline_runs(wandb_dir: str, run_id: str, *, require_exit: bool = True):
+    """(path, OfflineRun) for every local folder of `run_id`, oldest first.
+
+    Only the newest folder must have an exit record: earlier ones may come from killed processes.
+    """
+    paths = txlog.find_run_files(wandb_dir, run_id)
+    out = []
+    for i, path in enumerate(paths):
+        last = i == len(paths) - 1
+        out.append((path, wait_finished(path) if (require_exit and last) else txlog.load_offline_run(path)))
+    return out
 
 
 def run_id_for(root, run_rel: str) -> str:
@@ -95,9 +107,9 @@ def image_pixels(wandb_dir: str, run_id: str) -> dict[tuple[str, int], np.ndarra
     from PIL import Image
 
     out = {}
-    for path in txlog.find_run_files(wandb_dir, run_id):
+    for path, run in offline_runs(wandb_dir, run_id):
         folder = os.path.dirname(path)
-        for row in wait_finished(path).history:
+        for row in run.history:
             for key, value in row.items():
                 if isinstance(value, dict) and value.get("_type") == "image-file":
                     with Image.open(os.path.join(folder, "files", value["path"])) as img:

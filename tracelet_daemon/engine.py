@@ -273,9 +273,9 @@ class Engine:
         if rb.corrupt:
             c.record.corrupt += len(rb.corrupt)
             self.report.corrupt_records += len(rb.corrupt)
-            first = rb.corrupt[0]
-            log.warning("%s: %d record(s) failed their checksum (first at byte %d); skipped, %d so far",
-                        c.path, len(rb.corrupt), first.offset, c.record.corrupt)
+            self._say_once(w, "crc:" + c.path, logging.WARNING,
+                           "%s: record at byte %d fails its checksum; skipped (further ones are counted"
+                           " in the state store, not logged)", c.path, rb.corrupt[0].offset)
         if rb.fatal is not None:
             c.record.status = "quarantined"
             c.record.error = str(rb.fatal)
