@@ -66,6 +66,7 @@ class ChildRun:
     wall: float
     result: dict = field(default_factory=dict)
     maxrss_kib: int = 0  # ru_maxrss of the child and its waited-for descendants (largest one)
+    tree_peak_kib: int = 0  # largest sampled sum of VmRSS over the child and all its descendants
     stdout: str = ""
     stderr: str = ""
 
@@ -89,7 +90,7 @@ def run_child(argv: Sequence[str], env: Mapping[str, str] | None = None,
         start = time.perf_counter()
         proc = subprocess.Popen(list(argv), stdout=out, stderr=err, env=dict(env) if env else None,
                                 cwd=cwd or REPO_ROOT, stdin=subprocess.DEVNULL)
-        rusage = _wait4(proc, timeout)
+        rusage, tree_peak = _wait4(proc, timeout)
         wall = time.perf_counter() - start
         out.seek(0)
         err.seek(0)
@@ -98,22 +99,47 @@ def run_child(argv: Sequence[str], env: Mapping[str, str] | None = None,
     for line in stdout.splitlines():
         if line.startswith(RESULT_PREFIX):
             result = json.loads(line[len(RESULT_PREFIX):])
-    return ChildRun(proc.returncode, wall, result, rusage.ru_maxrss if rusage else 0, stdout, stderr)
+    return ChildRun(proc.returncode, wall, result, rusage.ru_maxrss if rusage else 0, tree_peak,
+                    stdout, stderr)
 
 
-def _wait4(proc: subprocess.Popen, timeout: float):
+def _wait4(proc: subprocess.Popen, timeout: float, interval: float = 0.05):
+    """Reap the child, sampling its process tree's RSS meanwhile; returns (rusage, tree peak).
+
+    ``ru_maxrss`` only covers descendants the child itself waited for; wandb-core may outlive
+    its parent by a moment and escape it, so the tree (Python + wandb-core) is also sampled.
+    """
     deadline = time.monotonic() + timeout
+    peak = 0
     while True:
         pid, status, rusage = os.wait4(proc.pid, os.WNOHANG)
         if pid:
             proc.returncode = os.waitstatus_to_exitcode(status)
-            return rusage
+            return rusage, peak
+        peak = max(peak, tree_rss_kib(proc.pid))
         if time.monotonic() > deadline:
             proc.kill()
             _, status, rusage = os.wait4(proc.pid, 0)
             proc.returncode = os.waitstatus_to_exitcode(status)
-            return rusage
-        time.sleep(0.01)
+            return rusage, peak
+        time.sleep(interval)
+
+
+def tree_rss_kib(pid: int) -> int:
+    """Sum of VmRSS of `pid` and every descendant (via /proc/<pid>/task/*/children); 0 if gone."""
+    total = 0
+    todo = [pid]
+    while todo:
+        p = todo.pop()
+        try:
+            with open(f"/proc/{p}/status") as f:
+                total += next((int(line.split()[1]) for line in f if line.startswith("VmRSS:")), 0)
+            for task in os.listdir(f"/proc/{p}/task"):
+                with open(f"/proc/{p}/task/{task}/children") as f:
+                    todo += [int(c) for c in f.read().split()]
+        except (OSError, ValueError):
+            continue
+    return total
 
 
 def python_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
@@ -178,6 +204,7 @@ def machine_info() -> dict[str, str]:
         "nproc": str(os.cpu_count() or "?"),
         "affinity": str(len(os.sched_getaffinity(0))) if hasattr(os, "sched_getaffinity") else "?",
         "cpu": _cpu_model(),
+        "memory": _mem_total(),
         "kernel": platform.release(),
         "python": platform.python_version(),
     }
@@ -196,6 +223,17 @@ def _cpu_model() -> str:
     except OSError:
         pass
     return platform.processor() or "?"
+
+
+def _mem_total() -> str:
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemTotal:"):
+                    return f"{int(line.split()[1]) / 1024 / 1024:.1f} GiB"
+    except OSError:
+        pass
+    return "?"
 
 
 def _version_of(module: str) -> str:
