@@ -145,3 +145,22 @@ def test_no_api_key_means_offline_and_a_sync_hint(runs_root, tmp_path, wandb_env
     assert "wandb sync" in proc.stderr and str(tmp_path / "st") in proc.stderr
     (path,) = txlog.find_run_files(str(tmp_path / "st"), run_id_for(runs_root, "a"))
     assert "offline-run-" in path
+    # the printed command is one wandb accepts: dry-run it
+    (line,) = [ln for ln in proc.stderr.splitlines() if "wandb sync" in ln]
+    import glob
+    import shlex
+
+    cmd = shlex.split(line.split("with: ", 1)[1])
+    cmd = [*cmd[:2], "--dry-run", *[p for arg in cmd[2:] for p in sorted(glob.glob(arg))]]
+    dry = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=60)
+    assert dry.returncode == 0 and "Would sync 1 run" in dry.stdout + dry.stderr, dry.stderr
+
+
+def test_small_batches_never_split_a_step_into_two_rows(runs_root, state_dir, wandb_env):
+    write_run(SummaryWriter, runs_root / "tiny", steps=120, tags=("a", "b", "c", "d"), hist_every=0,
+              image_every=0, eval_every=0)
+    assert upload(runs_root, state_dir, "--max-batch-bytes", "1024") == 0
+    rows = assert_exactly_once(runs_root, wandb_env["WANDB_DIR"], "tiny")
+    steps = [r["global_step"] for r in rows]
+    assert len(steps) == len(set(steps)) == 120
+    assert all({"a", "b", "c", "d"} <= set(r) for r in rows)

@@ -107,6 +107,21 @@ class _Worker:
         return False
 
 
+def _cut_at_step_boundary(decoded: list, end: int) -> tuple[list, int]:
+    """Drop the trailing events that share the last step, so that step is not split in two rows.
+
+    Only used when a read stopped at the byte budget: the rest of that step is read next time.
+    If every event has the same step, nothing is cut (the batch must make progress).
+    """
+    if not decoded:
+        return decoded, end
+    last_step = decoded[-1][2].step
+    for i in range(len(decoded) - 1, -1, -1):
+        if decoded[i][2].step != last_step:
+            return decoded[: i + 1], decoded[i][0]
+    return decoded, end
+
+
 class Engine:
     def __init__(
         self,
@@ -202,7 +217,10 @@ class Engine:
                 self._replay(w, batch, durable)
         w.journal_pending = False
         self.report.runs += 1
-        log.info("%s: run %s open at %s (resuming after row #%d)", w.ref.name, rec.run_id, rec.location, durable)
+        if durable >= 0:
+            log.info("%s: run %s resumed at %s after row #%d", w.ref.name, rec.run_id, rec.location, durable)
+        else:
+            log.info("%s: run %s opened at %s", w.ref.name, rec.run_id, rec.location)
 
     def _replay(self, w: _Worker, batch, durable: int) -> None:
         """Re-read a journaled batch byte for byte and send the rows the backend lacks."""
@@ -225,11 +243,13 @@ class Engine:
             w.sink.write(todo)
 
     # -- reading ---------------------------------------------------------------------------
-    def _decode(self, w: _Worker, cursor: _Cursor, records: list[bytes], count: bool = True):
-        out: list[tuple[str, Event]] = []
+    def _decode(self, w: _Worker, cursor: _Cursor, records: list[bytes], count: bool = True,
+                ends: list[int] | None = None):
+        """(prefix, event) pairs; with `ends`, (end offset, prefix, event) triples."""
+        out: list = []
         prefix = cursor.prefix
         plugins = cursor.record.plugins
-        for payload in records:
+        for i, payload in enumerate(records):
             try:
                 ev = decode_event(payload, plugins)
             except UndecodableEvent as exc:
@@ -244,7 +264,7 @@ class Engine:
             for tag, kind in ev.skipped:
                 self._say_once(w, f"skip:{prefix}/{tag}:{kind}", logging.INFO,
                                "%s: tag %r (%s) is not supported yet; skipped", w.ref.name, tag, kind)
-            out.append((prefix, ev))
+            out.append((prefix, ev) if ends is None else (ends[i], prefix, ev))
         return out
 
     def _say_once(self, w: _Worker, key: str, level: int, msg: str, *args: object) -> None:
@@ -270,18 +290,21 @@ class Engine:
             self._say_once(w, "io:" + c.path, logging.WARNING, "cannot read %s: %s", c.path, exc.strerror or exc)
             return None
         c.stuck_size = size if rb.pending is not None else -1
-        if rb.corrupt:
-            c.record.corrupt += len(rb.corrupt)
-            self.report.corrupt_records += len(rb.corrupt)
-            self._say_once(w, "crc:" + c.path, logging.WARNING,
-                           "%s: record at byte %d fails its checksum; skipped (further ones are counted"
-                           " in the state store, not logged)", c.path, rb.corrupt[0].offset)
         if rb.fatal is not None:
             c.record.status = "quarantined"
             c.record.error = str(rb.fatal)
             self.report.quarantined.append(c.path)
             log.error("%s; file quarantined, other files go on", rb.fatal)
         return rb
+
+    def _count_corrupt(self, w: _Worker, c: _Cursor, corrupt: list) -> None:
+        if not corrupt:
+            return
+        c.record.corrupt += len(corrupt)
+        self.report.corrupt_records += len(corrupt)
+        self._say_once(w, "crc:" + c.path, logging.WARNING,
+                       "%s: record at byte %d fails its checksum; skipped (further ones are counted"
+                       " in the state store, not logged)", c.path, corrupt[0].offset)
 
     def step(self, w: _Worker) -> int:
         """Read, journal and send one batch of `w`; returns the bytes consumed (0: nothing new)."""
@@ -301,9 +324,15 @@ class Engine:
                 touched.append(c.record)
             if not consumed:
                 continue
-            ranges.append((path, rb.start, rb.end))
-            events.extend(self._decode(w, c, rb.records))
-            c.offset = rb.end
+            decoded = self._decode(w, c, rb.records, ends=rb.ends)
+            end = rb.end
+            if rb.budget_limited:
+                decoded, end = _cut_at_step_boundary(decoded, end)
+                consumed = end - rb.start
+            self._count_corrupt(w, c, [e for e in rb.corrupt if e.offset < end])
+            ranges.append((path, rb.start, end))
+            events.extend((prefix, ev) for _end, prefix, ev in decoded)
+            c.offset = end
             budget -= consumed
             if budget <= 0:
                 break

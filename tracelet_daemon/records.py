@@ -135,11 +135,17 @@ class ReadBatch:
     """What one bounded pass over a file produced."""
 
     records: list[bytes] = field(default_factory=list)
+    ends: list[int] = field(default_factory=list)  # file offset after each record
     start: int = 0
     end: int = 0  # offset after the last record returned or skipped
     corrupt: list[CorruptRecordError] = field(default_factory=list)
     pending: TruncatedRecordError | None = None  # incomplete tail, retry later
     fatal: FramingError | None = None  # stop this file
+    at_eof: bool = False  # stopped at a clean end of data (not at the byte budget)
+
+    @property
+    def budget_limited(self) -> bool:
+        return not (self.at_eof or self.pending is not None or self.fatal is not None)
 
 
 def read_batch(path: str, offset: int, max_bytes: int = 8 << 20, *, end: int | None = None) -> ReadBatch:
@@ -168,8 +174,10 @@ def read_batch(path: str, offset: int, max_bytes: int = 8 << 20, *, end: int | N
                 batch.fatal = exc
                 break
             if payload is None:
+                batch.at_eof = True
                 break
             batch.records.append(payload)
+            batch.ends.append(rd.offset)
         batch.end = rd.offset
     if end is not None and batch.end != end:
         raise FramingError(path, batch.end, f"replay overran its recorded end {end}")

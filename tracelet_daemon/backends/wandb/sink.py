@@ -221,7 +221,7 @@ class WandbBackend(Backend):
         root = os.path.join(self.wandb_dir, "wandb")
         return [
             f"offline W&B runs are in {root} ({len(self._locations)} run(s) this session)",
-            f"upload them with: wandb sync --include-offline {os.path.join(root, 'offline-run-*')}",
+            f"upload them with: wandb sync {os.path.join(root, 'offline-run-*')}",
         ]
 
     def close(self) -> None:
