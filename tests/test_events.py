@@ -121,3 +121,48 @@ def test_histogram_rebin_preserves_total_and_range():
     assert len(h.counts) <= 512 and len(h.edges) == len(h.counts) + 1
     assert h.total == sum(counts) and h.edges[0] == 0 and h.edges[-1] == 611
     assert list(h.edges) == sorted(h.edges)
+
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from tracelet_daemon import events as events_mod  # noqa: E402
+
+_values = st.lists(
+    st.tuples(st.text(max_size=200), st.floats(width=32, allow_nan=False)), min_size=0, max_size=4
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(step=st.integers(min_value=-(2**63), max_value=2**63 - 1), wall=st.floats(allow_nan=False),
+       values=_values, extra=st.sampled_from(["", "histo", "file_version", "metadata"]))
+def test_fast_path_agrees_with_protobuf(step, wall, values, extra):
+    """The wire-format fast path returns exactly what the protobuf path returns, or defers."""
+    summary = summary_pb2.Summary()
+    for tag, value in values:
+        summary.value.add(tag=tag, simple_value=value)
+    ev = event_pb2.Event(step=step, wall_time=wall)
+    if values or extra:
+        ev.summary.CopyFrom(summary)
+    if extra == "histo":
+        ev.summary.value.add(tag="h", histo=summary_pb2.HistogramProto(min=0, max=1, bucket_limit=[1], bucket=[2]))
+    elif extra == "file_version":
+        ev.file_version = "brain.Event:2"
+    elif extra == "metadata" and ev.summary.value:
+        ev.summary.value[0].metadata.plugin_data.plugin_name = "scalars"
+    payload = ev.SerializeToString()
+    slow = events_mod._decode_proto(payload, {})
+    fast = events_mod._fast_scalars(payload)
+    if fast is not None:
+        assert slow is not None
+        assert (fast.step, fast.wall_time, fast.values) == (slow.step, slow.wall_time, slow.values)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=300))
+def test_fast_path_never_raises_on_garbage(blob):
+    events_mod._fast_scalars(blob)
+    try:
+        decode_event(blob, {})
+    except UndecodableEvent:
+        pass
