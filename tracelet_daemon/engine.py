@@ -20,10 +20,12 @@ import logging
 import os
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from . import discovery
+from .status import write_json_atomic
 from .backends.base import Backend, RunSink, RunSpec
 from .errors import BackendError, ReaderError
 from .events import UndecodableEvent, decode_event
@@ -49,8 +51,10 @@ class Options:
 class Report:
     runs: int = 0
     rows: int = 0
+    events: int = 0
     bytes_read: int = 0
     corrupt_records: int = 0
+    errors: dict[str, int] = field(default_factory=dict)  # by kind, for metrics
     quarantined: list[str] = field(default_factory=list)
     pending_tails: list[str] = field(default_factory=list)
     failed_runs: list[str] = field(default_factory=list)
@@ -59,11 +63,14 @@ class Report:
     def ok(self) -> bool:
         return not self.failed_runs
 
+    def error(self, kind: str) -> None:
+        self.errors[kind] = self.errors.get(kind, 0) + 1
+
 
 class _Cursor:
     """A file being followed: the read position runs ahead of the acknowledged offset."""
 
-    __slots__ = ("path", "record", "offset", "stuck_size", "warned")
+    __slots__ = ("path", "record", "offset", "stuck_size", "warned", "mtime")
 
     def __init__(self, record: FileRecord) -> None:
         self.path = record.path
@@ -71,6 +78,7 @@ class _Cursor:
         self.offset = record.acked_offset
         self.stuck_size = -1  # size at which the tail was incomplete; no retry until it grows
         self.warned = False
+        self.mtime = 0.0
 
     @property
     def prefix(self) -> str:
@@ -91,6 +99,8 @@ class _Worker:
         self.failures = 0
         self.journal_pending = False
         self.unfolded = 0  # journaled batches not yet folded into offsets
+        self.last_event_time = 0.0  # wall time of the newest row sent
+        self.last_error = ""
 
     def has_data(self) -> bool:
         if self.journal_pending:
@@ -144,6 +154,10 @@ class Engine:
         self.report = Report()
         self._workers: dict[str, _Worker] = {}
         self._warned_dirs: set[str] = set()
+        self.started = time.time()
+        self.live = False  # watch mode: lag samples are meaningful
+        self.lag_samples: deque[float] = deque(maxlen=2048)  # seconds, file write -> sink
+        self.status_path = os.path.join(store.state_dir, "status.json")
 
     # -- discovery -------------------------------------------------------------------------
     def register(self, paths: Iterable[str]) -> set[str]:
@@ -210,6 +224,7 @@ class Engine:
         self.store.put_run(rec)
         w.record = rec
         self.store.acknowledge(w.ref.key, durable)
+        self._refresh_acked(w)
         w.unfolded = len(self.store.batches(w.ref.key))
         w.next_seq = rec.next_seq
         for batch in batches:
@@ -256,6 +271,7 @@ class Engine:
                 if count:
                     cursor.record.corrupt += 1
                     self.report.corrupt_records += 1
+                    self.report.error("undecodable")
                     self._say_once(w, "undecodable:" + cursor.path, logging.WARNING,
                                    "%s: a record is not a TensorBoard event (%s); skipped", cursor.path, exc)
                 continue
@@ -274,9 +290,10 @@ class Engine:
 
     def _read_file(self, w: _Worker, c: _Cursor, budget: int):
         try:
-            size = os.stat(c.path).st_size
+            st = os.stat(c.path)
         except OSError:
             return None
+        size, c.mtime = st.st_size, st.st_mtime
         c.record.size = size
         if size < c.offset:
             self._say_once(w, "shrank:" + c.path, logging.ERROR,
@@ -294,6 +311,7 @@ class Engine:
             c.record.status = "quarantined"
             c.record.error = str(rb.fatal)
             self.report.quarantined.append(c.path)
+            self.report.error("framing")
             log.error("%s; file quarantined, other files go on", rb.fatal)
         return rb
 
@@ -302,6 +320,7 @@ class Engine:
             return
         c.record.corrupt += len(corrupt)
         self.report.corrupt_records += len(corrupt)
+        self.report.errors["checksum"] = self.report.errors.get("checksum", 0) + len(corrupt)
         self._say_once(w, "crc:" + c.path, logging.WARNING,
                        "%s: record at byte %d fails its checksum; skipped (further ones are counted"
                        " in the state store, not logged)", c.path, corrupt[0].offset)
@@ -309,6 +328,7 @@ class Engine:
     def step(self, w: _Worker) -> int:
         """Read, journal and send one batch of `w`; returns the bytes consumed (0: nothing new)."""
         budget = self.options.max_batch_bytes
+        newest_write = 0.0
         events: list[tuple[str, Event]] = []
         ranges: list[tuple[str, int, int]] = []
         touched: list[FileRecord] = []
@@ -319,6 +339,7 @@ class Engine:
             rb = self._read_file(w, c, budget)
             if rb is None:
                 continue
+            newest_write = max(newest_write, c.mtime)
             consumed = rb.end - rb.start
             if consumed or rb.fatal is not None:
                 touched.append(c.record)
@@ -350,6 +371,10 @@ class Engine:
         if rows:
             w.sink.write(rows)
             self.report.rows += len(rows)
+            self.report.events += len(events)
+            w.last_event_time = max(w.last_event_time, max(r.wall_time for r in rows))
+            if newest_write and self.live:
+                self.lag_samples.append(max(0.0, time.time() - newest_write))
         consumed = sum(end - start for _, start, end in ranges)
         self.report.bytes_read += consumed
         if self.on_progress:
@@ -363,8 +388,17 @@ class Engine:
             return
         acked = w.sink.acknowledged() if upto is None else upto
         if acked > w.record.acked_seq or (force and w.unfolded and acked >= w.record.acked_seq):
-            w.unfolded -= self.store.acknowledge(w.ref.key, acked)
+            folded = self.store.acknowledge(w.ref.key, acked)
+            w.unfolded -= folded
             w.record.acked_seq = max(w.record.acked_seq, acked)
+            if folded:
+                self._refresh_acked(w)
+
+    def _refresh_acked(self, w: _Worker) -> None:
+        for path, rec in self.store.files_of(w.ref.key).items():
+            c = w.cursors.get(path)
+            if c is not None:
+                c.record.acked_offset = rec.acked_offset
 
     # -- run lifecycle ---------------------------------------------------------------------
     def _drain(self, w: _Worker, stop: threading.Event | None = None) -> bool:
@@ -380,6 +414,8 @@ class Engine:
             w.failures = 0
             return True
         except BackendError as exc:
+            self.report.error("backend")
+            w.last_error = str(exc)
             w.failures += 1
             delay = min(self.options.retry_max, 2.0 ** min(w.failures, 10))
             w.retry_at = time.monotonic() + delay
@@ -446,16 +482,68 @@ class Engine:
                 self.report.failed_runs.append(w.ref.name)
                 continue
             self.finish(w)
+            self.write_status()
         self._collect_tails()
+        self.write_status()
         return self.report
 
-    def watch(self, stop: threading.Event) -> Report:
-        """Follow the root until `stop` is set; then finish every run and return."""
+    # -- status ----------------------------------------------------------------------------
+    def status(self) -> dict:
+        """A JSON-able snapshot for `tracelet status`, health probes and metrics."""
+        runs = []
+        for w in sorted(self._workers.values(), key=lambda w: w.ref.name):
+            files = []
+            for c in sorted(w.cursors.values(), key=lambda c: c.path):
+                files.append({
+                    "path": c.path, "prefix": c.prefix, "size": c.record.size, "read": c.offset,
+                    "acked": c.record.acked_offset, "corrupt": c.record.corrupt,
+                    "status": c.record.status, "error": c.record.error,
+                    "pending_tail": c.stuck_size >= 0, "mtime": c.mtime,
+                })
+            rec = w.record
+            runs.append({
+                "name": w.ref.name, "directory": w.ref.directory,
+                "run_id": rec.run_id if rec else w.ref.run_id,
+                "location": rec.location if rec else "", "open": w.sink is not None,
+                "next_seq": w.next_seq, "acked_seq": rec.acked_seq if rec else -1,
+                "last_event_time": w.last_event_time, "last_error": w.last_error, "files": files,
+            })
+        lags = sorted(self.lag_samples)
+        return {
+            "version": 1, "pid": os.getpid(), "root": self.root, "backend": self.backend.name,
+            "started": self.started, "heartbeat": time.time(),
+            "totals": {
+                "runs": len(self._workers), "open_runs": sum(1 for w in self._workers.values() if w.sink),
+                "rows": self.report.rows, "events": self.report.events,
+                "bytes_read": self.report.bytes_read, "corrupt_records": self.report.corrupt_records,
+                "errors": dict(self.report.errors),
+            },
+            "lag_seconds": {
+                "samples": len(lags),
+                "p50": lags[len(lags) // 2] if lags else None,
+                "p99": lags[min(len(lags) - 1, int(len(lags) * 0.99))] if lags else None,
+                "last": self.lag_samples[-1] if lags else None,
+            },
+            "runs": runs,
+        }
+
+    def write_status(self) -> None:
+        try:
+            write_json_atomic(self.status_path, self.status())
+        except (OSError, ValueError) as exc:
+            log.warning("cannot write %s: %s", self.status_path, exc)
+
+    def watch(self, stop: threading.Event, on_tick: Callable[[Engine], None] | None = None) -> Report:
+        """Follow the root until `stop` is set; then finish every run and return.
+
+        `on_tick` runs about once a second from the loop (sd_notify watchdog pings, metrics).
+        """
+        self.live = True
         watcher = discovery.Watcher(self.root, use_inotify=self.options.use_inotify)
         stop_waker = threading.Thread(target=lambda: (stop.wait(), watcher.wake()), daemon=True)
         stop_waker.start()
         log.info("watching %s (%s)", self.root, "inotify + rescans" if watcher.inotify else "polling rescans")
-        next_scan = 0.0
+        next_scan = next_status = 0.0
         try:
             while not stop.is_set():
                 now = time.monotonic()
@@ -476,6 +564,11 @@ class Engine:
                 for w in self._workers.values():
                     if w.sink is not None:
                         self._ack(w, force=True)
+                if time.monotonic() >= next_status:
+                    self.write_status()
+                    next_status = time.monotonic() + self.options.ack_interval
+                    if on_tick is not None:
+                        on_tick(self)
                 timeout = max(0.05, min(next_scan - time.monotonic(), self.options.ack_interval))
                 hints = watcher.wait(timeout)
                 if stop.is_set():
@@ -490,4 +583,5 @@ class Engine:
         finally:
             watcher.stop()
             self.close()
+            self.write_status()
         return self.report

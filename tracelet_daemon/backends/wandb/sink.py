@@ -12,24 +12,20 @@ Exactly-once rests on two choices:
 
 from __future__ import annotations
 
-import io
 import logging
-import math
 import os
 import time
 from collections.abc import Sequence
 
 from ...errors import BackendError
-from ...values import Histogram, Image, ImageBatch, Row, Value
+from ...values import Row
 from ..base import Backend, RunSink, RunSpec
 from . import txlog
+from .convert import STEP_KEY, convert_row
 from .mode import resolve_mode
 
 log = logging.getLogger("tracelet.wandb")
 
-MAX_HIST_BINS = 512
-STEP_KEY = "global_step"
-RESERVED = frozenset({STEP_KEY, "_step", "_runtime", "_timestamp"})
 _ACK_INTERVAL = 1.0
 
 LEAN_SETTINGS = dict(
@@ -39,42 +35,6 @@ LEAN_SETTINGS = dict(
     disable_git=True,
     x_disable_machine_info=True,
 )
-
-
-def safe_key(key: str) -> str:
-    """W&B's own history keys are renamed ``tb/<key>`` so a TensorBoard tag cannot shadow them."""
-    return f"tb/{key}" if key in RESERVED else key
-
-
-def _finite_edges(edges: Sequence[float]) -> list[float]:
-    out = []
-    for x in edges:
-        out.append(x if math.isfinite(x) else (math.copysign(1.7976931348623157e308, x) if not math.isnan(x) else 0.0))
-    return out
-
-
-def to_wandb(value: Value):
-    """A typed value as the object ``run.log`` takes."""
-    import wandb
-
-    if isinstance(value, float):
-        return value
-    if isinstance(value, Histogram):
-        h = value.rebinned(MAX_HIST_BINS)
-        return wandb.Histogram(np_histogram=(list(h.counts), _finite_edges(h.edges)))
-    if isinstance(value, Image):
-        return wandb.Image(_pil(value))
-    if isinstance(value, ImageBatch):
-        return [wandb.Image(_pil(i)) for i in value.images]
-    raise TypeError(f"no W&B form for {type(value).__name__}")
-
-
-def _pil(img: Image):
-    from PIL import Image as PILImage
-
-    pic = PILImage.open(io.BytesIO(img.encoded))
-    pic.load()
-    return pic
 
 
 class WandbRunSink(RunSink):
@@ -130,14 +90,12 @@ class WandbRunSink(RunSink):
         for row in rows:
             if row.seq <= self._last_written:
                 continue  # W&B already has it (or would drop it as an old step)
-            data = {}
-            for key, value in row.values.items():
-                try:
-                    data[safe_key(key)] = to_wandb(value)
-                except Exception as exc:  # noqa: BLE001 - one bad value must not sink the row
-                    self._warn_once(key, f"{self.spec.name}: value of {key!r} at step {row.step} not sent: {exc}")
-                if key in RESERVED:
-                    self._warn_once("reserved:" + key, f"{self.spec.name}: tag {key!r} is a W&B name; logged as 'tb/{key}'")
+            converted = convert_row(row, lambda key, msg: self._warn_once(key, f"{self.spec.name}: {msg}"))
+            if converted.config:
+                self.run.config.update(converted.config, allow_val_change=True)
+            for name, content in converted.files:
+                self._save_file(name, content)
+            data = converted.history
             data[STEP_KEY] = row.step
             data["_timestamp"] = row.wall_time
             try:
@@ -145,6 +103,18 @@ class WandbRunSink(RunSink):
             except Exception as exc:  # noqa: BLE001
                 raise BackendError(f"W&B refused a row of {self.spec.name}: {exc}") from exc
             self._last_written = row.seq
+
+    def _save_file(self, name: str, content: bytes) -> None:
+        """Attach `content` as files/<name> of the run (graphs, projector data, ...)."""
+        safe = os.path.normpath(name).lstrip(os.sep)
+        if safe.startswith(".."):
+            self._warn_once("file:" + name, f"{self.spec.name}: refusing file name {name!r}")
+            return
+        path = os.path.join(str(self.run.dir), safe)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "wb") as f:
+            f.write(content)
+        self.run.save(path, base_path=str(self.run.dir), policy="now")
 
     def _warn_once(self, key: str, msg: str) -> None:
         if key not in self._warned:
