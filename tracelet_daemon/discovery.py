@@ -40,6 +40,16 @@ def scan(root: str, warned: set[str] | None = None) -> list[str]:
     return found
 
 
+def run_dirs(root: str) -> list[str]:
+    """The root ('') and its first-level directories, relative: where run metadata may live."""
+    try:
+        names = sorted(e.name for e in os.scandir(root) if e.is_dir(follow_symlinks=False)
+                       and not e.name.startswith("."))
+    except OSError:
+        return [""]
+    return ["", *names]
+
+
 class Watcher:
     """Collects change hints from watchdog and wakes whoever waits on it."""
 
@@ -63,6 +73,8 @@ class Watcher:
 
         class _Handler(FileSystemEventHandler):
             def on_any_event(self, event) -> None:  # noqa: ANN001
+                if event.is_directory and event.event_type in ("modified", "opened", "closed"):
+                    return  # a file changing inside a directory says so itself
                 for path in (getattr(event, "dest_path", "") or "", event.src_path):
                     if path:
                         watcher._hint(os.fsdecode(path), bool(event.is_directory))

@@ -29,6 +29,8 @@ from .status import write_json_atomic
 from .backends.base import Backend, RunSink, RunSpec
 from .errors import BackendError, ReaderError
 from .events import UndecodableEvent, decode_event
+from .metadata import (MetadataError, RunMetadata, artifact_dirs, fingerprint, has_metadata,
+                       load_artifact, load_run_metadata)
 from .records import read_batch
 from .runs import RunRef, group_rows, locate, run_ref
 from .state import FileRecord, RunRecord, StateStore
@@ -101,6 +103,9 @@ class _Worker:
         self.unfolded = 0  # journaled batches not yet folded into offsets
         self.last_event_time = 0.0  # wall time of the newest row sent
         self.last_error = ""
+        self.meta_fp = ""  # fingerprint of the metadata last applied (persisted)
+        self.applied_artifacts: set[str] = set()
+        self.writer_finished = False  # the writer's run.json says it is done
 
     def has_data(self) -> bool:
         if self.journal_pending:
@@ -115,6 +120,10 @@ class _Worker:
             if size > c.offset and size != c.stuck_size:
                 return True
         return False
+
+
+def _valid_id(run_id: str) -> bool:
+    return 0 < len(run_id) <= 64 and all(ch.isascii() and (ch.isalnum() or ch in "-_") for ch in run_id)
 
 
 def _cut_at_step_boundary(decoded: list, end: int) -> tuple[list, int]:
@@ -181,6 +190,8 @@ class Engine:
         worker = _Worker(ref)
         for path, rec in self.store.files_of(ref.key).items():
             worker.cursors[path] = _Cursor(rec)
+        worker.meta_fp = self.store.meta_fingerprint(ref.key)
+        worker.applied_artifacts = self.store.applied_artifacts(ref.key)
         for batch in self.store.batches(ref.key):
             worker.journal_pending = True
             for path, _start, end in batch.ranges:
@@ -191,7 +202,15 @@ class Engine:
         return worker
 
     def rescan(self) -> set[str]:
-        return self.register(discovery.scan(self.root, self._warned_dirs))
+        keys = self.register(discovery.scan(self.root, self._warned_dirs))
+        for run_rel in discovery.run_dirs(self.root):
+            directory = os.path.join(self.root, run_rel) if run_rel else self.root
+            if has_metadata(directory) or os.path.isdir(os.path.join(directory, ".tracelet")):
+                ref = run_ref(self.root, run_rel)
+                if ref.key not in self._workers:
+                    self._load_worker(ref)
+                keys.add(ref.key)
+        return keys
 
     def backlog_bytes(self) -> int:
         total = 0
@@ -206,9 +225,21 @@ class Engine:
     # -- opening and recovery --------------------------------------------------------------
     def _open(self, w: _Worker) -> None:
         rec = self.store.get_run(w.ref.key)
+        md = self._metadata(w)
         if rec is None:
-            rec = RunRecord(w.ref.key, w.ref.run_id, w.ref.name, self.backend.name)
-        spec = RunSpec(rec.run_id, rec.name, w.ref.directory, self.project, self.entity)
+            run_id = w.ref.run_id
+            if md is not None and md.run_id:
+                if _valid_id(md.run_id):
+                    run_id = md.run_id
+                else:
+                    log.error("%s: run_id %r in its run.json is not a valid id; using %s",
+                              w.ref.name, md.run_id, run_id)
+            rec = RunRecord(w.ref.key, run_id, w.ref.name, self.backend.name)
+        spec = RunSpec(
+            rec.run_id, (md.name if md and md.name else rec.name), w.ref.directory,
+            (md.project if md and md.project else self.project),
+            (md.entity if md and md.entity else self.entity), metadata=md,
+        )
         w.sink = self.backend.open_run(spec)
         durable = max(w.sink.durable_seq(), rec.acked_seq)
         batches = self.store.batches(w.ref.key)
@@ -232,6 +263,7 @@ class Engine:
                 self._replay(w, batch, durable)
         w.journal_pending = False
         self.report.runs += 1
+        self._apply_metadata(w, opened_with=md)
         if durable >= 0:
             log.info("%s: run %s resumed at %s after row #%d", w.ref.name, rec.run_id, rec.location, durable)
         else:
@@ -400,6 +432,50 @@ class Engine:
             if c is not None:
                 c.record.acked_offset = rec.acked_offset
 
+    # -- run metadata and artifacts (the file protocol, see metadata.py) ----------------------
+    def _metadata(self, w: _Worker) -> RunMetadata | None:
+        try:
+            return load_run_metadata(w.ref.directory)
+        except MetadataError as exc:
+            self.report.error("metadata")
+            self._say_once(w, f"md:{exc}", logging.ERROR, "%s; ignored until the file changes", exc)
+            return None
+
+    def _meta_pending(self, w: _Worker) -> bool:
+        return repr(fingerprint(w.ref.directory)) != w.meta_fp
+
+    def _apply_metadata(self, w: _Worker, opened_with: RunMetadata | None = None) -> None:
+        """Push changed run metadata and new artifacts to the open run (each artifact once)."""
+        if w.sink is None:
+            return
+        fp = repr(fingerprint(w.ref.directory))
+        if fp == w.meta_fp and opened_with is None:
+            return
+        md = opened_with if opened_with is not None else self._metadata(w)
+        if md is not None and opened_with is None:
+            w.sink.update_metadata(md)
+        for directory in artifact_dirs(w.ref.directory):
+            aid = os.path.basename(directory)
+            if aid in w.applied_artifacts:
+                continue
+            try:
+                request = load_artifact(directory)
+            except MetadataError as exc:
+                self.report.error("metadata")
+                log.error("%s; artifact skipped", exc)
+            else:
+                w.sink.log_artifact(request)  # BackendError: retried with the run
+                log.info("%s: artifact %s:%s stored (%d file(s))", w.ref.name, request.type,
+                         request.name, len(request.files))
+            self.store.mark_artifact(w.ref.key, aid)
+            w.applied_artifacts.add(aid)
+        w.meta_fp = fp
+        self.store.set_meta_fingerprint(w.ref.key, fp)
+        w.writer_finished = bool(md and md.finished)
+
+    def _needs_open(self, w: _Worker) -> bool:
+        return w.has_data() or self._meta_pending(w)
+
     # -- run lifecycle ---------------------------------------------------------------------
     def _drain(self, w: _Worker, stop: threading.Event | None = None) -> bool:
         """Open `w` if needed and send everything it has; False if the backend failed."""
@@ -411,6 +487,7 @@ class Engine:
             while self.step(w):
                 if stop is not None and stop.is_set():
                     break
+            self._apply_metadata(w)
             w.failures = 0
             return True
         except BackendError as exc:
@@ -476,7 +553,7 @@ class Engine:
         self.rescan()
         for key in sorted(self._workers):
             w = self._workers[key]
-            if not w.has_data():
+            if not self._needs_open(w):
                 continue
             if not self._drain(w):
                 self.report.failed_runs.append(w.ref.name)
@@ -559,11 +636,14 @@ class Engine:
                     if stop.is_set():
                         break
                     w = self._workers[key]
-                    if w.sink is not None or w.has_data():
+                    if w.sink is not None or self._needs_open(w):
                         self._drain(w, stop)
                 for w in self._workers.values():
                     if w.sink is not None:
                         self._ack(w, force=True)
+                        if w.writer_finished and not w.has_data():
+                            log.info("%s: the writer finished the run; finishing it", w.ref.name)
+                            self.finish(w)
                 if time.monotonic() >= next_status:
                     self.write_status()
                     next_status = time.monotonic() + self.options.ack_interval
@@ -578,7 +658,7 @@ class Engine:
                     next_scan = 0.0  # a directory appeared or something vanished: rescan now
                 for key in self.register(files):
                     w = self._workers[key]
-                    if w.sink is not None or w.has_data():
+                    if w.sink is not None or self._needs_open(w):
                         self._drain(w, stop)
         finally:
             watcher.stop()

@@ -36,7 +36,14 @@ CREATE TABLE IF NOT EXISTS runs(
     next_seq INTEGER NOT NULL DEFAULT 0,
     acked_seq INTEGER NOT NULL DEFAULT -1,
     location TEXT NOT NULL DEFAULT '',
+    meta_fp TEXT NOT NULL DEFAULT '',
     updated REAL NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS artifacts(
+    run_key TEXT NOT NULL,
+    artifact_id TEXT NOT NULL,
+    applied REAL NOT NULL,
+    PRIMARY KEY(run_key, artifact_id)
 );
 CREATE TABLE IF NOT EXISTS files(
     path TEXT PRIMARY KEY,
@@ -184,6 +191,24 @@ class StateStore:
             "SELECT key, run_id, name, backend, next_seq, acked_seq, location FROM runs ORDER BY key"
         ).fetchall()
         return [RunRecord(*r) for r in rows]
+
+    def set_meta_fingerprint(self, key: str, fingerprint: str) -> None:
+        with self._tx() as db:
+            db.execute("UPDATE runs SET meta_fp=?, updated=? WHERE key=?", (fingerprint, time.time(), key))
+
+    def meta_fingerprint(self, key: str) -> str:
+        row = self._db.execute("SELECT meta_fp FROM runs WHERE key=?", (key,)).fetchone()
+        return row[0] if row else ""
+
+    # -- artifacts -------------------------------------------------------------------------
+    def applied_artifacts(self, run_key: str) -> set[str]:
+        rows = self._db.execute("SELECT artifact_id FROM artifacts WHERE run_key=?", (run_key,)).fetchall()
+        return {r[0] for r in rows}
+
+    def mark_artifact(self, run_key: str, artifact_id: str) -> None:
+        with self._tx() as db:
+            db.execute("INSERT OR IGNORE INTO artifacts(run_key, artifact_id, applied) VALUES(?,?,?)",
+                       (run_key, artifact_id, time.time()))
 
     # -- files -----------------------------------------------------------------------------
     def files_of(self, run_key: str) -> dict[str, FileRecord]:

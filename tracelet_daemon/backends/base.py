@@ -12,6 +12,8 @@ import abc
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from ..errors import BackendError
+from ..metadata import ArtifactRequest, RunMetadata
 from ..values import Row
 
 
@@ -24,6 +26,7 @@ class RunSpec:
     directory: str
     project: str | None = None
     entity: str | None = None
+    metadata: RunMetadata | None = None  # from the run directory (.tracelet/run.json, hparams.yaml)
     extra: dict[str, object] = field(default_factory=dict)
 
 
@@ -48,6 +51,13 @@ class RunSink(abc.ABC):
     @abc.abstractmethod
     def finish(self, timeout: float) -> int:
         """Flush and close the run; return the highest sequence number now durable."""
+
+    def update_metadata(self, metadata: RunMetadata) -> None:  # noqa: B027 - optional
+        """Apply changed run metadata (config, tags, notes) to the open run."""
+
+    def log_artifact(self, request: ArtifactRequest) -> None:
+        """Store an artifact with the run; backends without artifacts refuse clearly."""
+        raise BackendError(f"this backend cannot store artifacts (requested {request.name!r})")
 
     @property
     @abc.abstractmethod

@@ -18,6 +18,7 @@ import time
 from collections.abc import Sequence
 
 from ...errors import BackendError
+from ...metadata import ArtifactRequest, RunMetadata
 from ...values import Row
 from ..base import Backend, RunSink, RunSpec
 from . import txlog
@@ -46,6 +47,8 @@ class WandbRunSink(RunSink):
         wandb_dir = backend.wandb_dir
         earlier = txlog.find_run_files(wandb_dir, spec.run_id)
         settings = wandb.Settings(**LEAN_SETTINGS)
+        md = spec.metadata or RunMetadata()
+        self._group, self._job_type = md.group, md.job_type
         try:
             self.run = wandb.init(
                 id=spec.run_id,
@@ -57,7 +60,11 @@ class WandbRunSink(RunSink):
                 resume="allow",
                 reinit="create_new",
                 settings=settings,
-                config=dict(spec.extra.get("config", {}) or {}) or None,
+                config=dict(md.config) or None,
+                tags=list(md.tags) or None,
+                notes=md.notes,
+                group=md.group,
+                job_type=md.job_type,
             )
         except Exception as exc:  # noqa: BLE001 - wandb raises many kinds; the engine retries
             raise BackendError(f"W&B could not open run {spec.run_id}: {exc}") from exc
@@ -103,6 +110,32 @@ class WandbRunSink(RunSink):
             except Exception as exc:  # noqa: BLE001
                 raise BackendError(f"W&B refused a row of {self.spec.name}: {exc}") from exc
             self._last_written = row.seq
+
+    def update_metadata(self, metadata: RunMetadata) -> None:
+        try:
+            if metadata.config:
+                self.run.config.update(metadata.config, allow_val_change=True)
+            if metadata.tags and tuple(self.run.tags or ()) != metadata.tags:
+                self.run.tags = metadata.tags
+            if metadata.notes is not None and self.run.notes != metadata.notes:
+                self.run.notes = metadata.notes
+        except Exception as exc:  # noqa: BLE001
+            raise BackendError(f"W&B refused metadata of {self.spec.name}: {exc}") from exc
+        if (metadata.group, metadata.job_type) != (self._group, self._job_type):
+            self._warn_once("group", f"{self.spec.name}: group/job_type cannot change on a live W&B run;"
+                                     " they apply the next time the run is opened")
+
+    def log_artifact(self, request: ArtifactRequest) -> None:
+        import wandb
+
+        try:
+            art = wandb.Artifact(request.name, type=request.type, description=request.description or None,
+                                 metadata=dict(request.metadata) or None)
+            for path, name in request.files:
+                art.add_file(path, name=name)
+            self.run.log_artifact(art, aliases=list(request.aliases) or None)
+        except Exception as exc:  # noqa: BLE001
+            raise BackendError(f"W&B refused artifact {request.name!r} of {self.spec.name}: {exc}") from exc
 
     def _save_file(self, name: str, content: bytes) -> None:
         """Attach `content` as files/<name> of the run (graphs, projector data, ...)."""

@@ -119,6 +119,12 @@ class OfflineRun:
     history: list[dict[str, object]] = field(default_factory=list)
     summary: dict[str, object] = field(default_factory=dict)
     exit_code: int | None = None
+    tags: list[str] = field(default_factory=list)
+    notes: str = ""
+    group: str = ""
+    job_type: str = ""
+    artifacts: list[dict[str, object]] = field(default_factory=list)  # name, type, aliases, files
+    files: list[str] = field(default_factory=list)  # paths saved under the run's files/
     record_counts: dict[str, int] = field(default_factory=dict)
 
     @property
@@ -155,6 +161,10 @@ def load_offline_run(path: str) -> OfflineRun:
             out.run_id = rec.run.run_id
             out.display_name = rec.run.display_name
             out.project = rec.run.project
+            out.tags = list(rec.run.tags)
+            out.notes = rec.run.notes
+            out.group = rec.run.run_group
+            out.job_type = rec.run.job_type
             for item in rec.run.config.update:
                 out.config[_item_key(item)] = json.loads(item.value_json)
         elif kind == "config":
@@ -167,6 +177,14 @@ def load_offline_run(path: str) -> OfflineRun:
                 out.summary[_item_key(item)] = json.loads(item.value_json)
         elif kind == "exit":
             out.exit_code = rec.exit.exit_code
+        elif kind == "artifact":
+            art = rec.artifact
+            out.artifacts.append({
+                "name": art.name, "type": art.type, "aliases": list(art.aliases), "digest": art.digest,
+                "files": sorted(c.path for c in art.manifest.contents),
+            })
+        elif kind == "files":
+            out.files.extend(f.path for f in rec.files.files)
     return out
 
 
