@@ -20,6 +20,7 @@ import logging
 import os
 import threading
 import time
+import zlib
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -47,6 +48,7 @@ class Options:
     ack_interval: float = 1.0
     use_inotify: bool = True
     retry_max: float = 60.0  # cap of the exponential backoff after a backend failure
+    forget_after: float = 600.0  # a file or run directory gone this long leaves the state
 
 
 @dataclass
@@ -72,7 +74,7 @@ class Report:
 class _Cursor:
     """A file being followed: the read position runs ahead of the acknowledged offset."""
 
-    __slots__ = ("path", "record", "offset", "stuck_size", "warned", "mtime")
+    __slots__ = ("path", "record", "offset", "stuck_size", "warned", "mtime", "verify_head", "gone_since")
 
     def __init__(self, record: FileRecord) -> None:
         self.path = record.path
@@ -81,6 +83,8 @@ class _Cursor:
         self.stuck_size = -1  # size at which the tail was incomplete; no retry until it grows
         self.warned = False
         self.mtime = 0.0
+        self.verify_head = record.head >= 0  # known from a previous life: check it is the same file
+        self.gone_since = 0.0
 
     @property
     def prefix(self) -> str:
@@ -114,12 +118,27 @@ class _Worker:
             if c.record.status != "ok":
                 continue
             try:
-                size = os.stat(c.path).st_size
+                st = os.stat(c.path)
             except OSError:
                 continue
-            if size > c.offset and size != c.stuck_size:
+            if st.st_size < c.offset or (c.record.inode and st.st_ino != c.record.inode):
+                return True  # replaced or truncated: _check_identity reads it again
+            if st.st_size > c.offset and st.st_size != c.stuck_size:
                 return True
         return False
+
+
+_HEAD_BYTES = 32
+
+
+def _head_crc(path: str) -> int | None:
+    """CRC-32 of a file's first bytes (a tfevents file starts with a timestamped record)."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read(_HEAD_BYTES)
+    except OSError:
+        return None
+    return zlib.crc32(data) if len(data) == _HEAD_BYTES else None
 
 
 def _valid_id(run_id: str) -> bool:
@@ -202,7 +221,9 @@ class Engine:
         return worker
 
     def rescan(self) -> set[str]:
-        keys = self.register(discovery.scan(self.root, self._warned_dirs))
+        found = discovery.scan(self.root, self._warned_dirs)
+        keys = self.register(found)
+        self._forget_vanished(set(found))
         for run_rel in discovery.run_dirs(self.root):
             directory = os.path.join(self.root, run_rel) if run_rel else self.root
             if has_metadata(directory) or os.path.isdir(os.path.join(directory, ".tracelet")):
@@ -325,12 +346,10 @@ class Engine:
             st = os.stat(c.path)
         except OSError:
             return None
+        c.gone_since = 0.0
+        self._check_identity(w, c, st)
         size, c.mtime = st.st_size, st.st_mtime
         c.record.size = size
-        if size < c.offset:
-            self._say_once(w, "shrank:" + c.path, logging.ERROR,
-                           "%s is shorter (%d bytes) than what was already read (%d): truncated or"
-                           " replaced; it is not read again", c.path, size, c.offset)
         if size <= c.offset or size == c.stuck_size:
             return None
         try:
@@ -346,6 +365,57 @@ class Engine:
             self.report.error("framing")
             log.error("%s; file quarantined, other files go on", rb.fatal)
         return rb
+
+    def _check_identity(self, w: _Worker, c: _Cursor, st: os.stat_result) -> None:
+        """Notice a file replaced or rewritten under a known path and read it from the start."""
+        rec = c.record
+        reason = ""
+        if rec.inode and (st.st_dev, st.st_ino) != (rec.dev, rec.inode):
+            reason = "it is a different file now (inode changed)"
+        elif st.st_size < c.offset:
+            reason = f"it is shorter ({st.st_size} bytes) than what was already read ({c.offset})"
+        elif c.verify_head and rec.head >= 0 and st.st_size >= _HEAD_BYTES:
+            if _head_crc(c.path) not in (rec.head, None):
+                reason = "its first bytes changed"
+        c.verify_head = False
+        if reason:
+            self.report.error("replaced")
+            log.warning("%s: %s; reading it from the start", c.path, reason)
+            rec.corrupt, rec.status, rec.error, rec.plugins = 0, "ok", "", {}
+            rec.dev, rec.inode, rec.head = st.st_dev, st.st_ino, -1
+            c.offset, c.stuck_size = 0, -1
+            self.store.reset_file(rec)
+        if not rec.inode:
+            rec.dev, rec.inode = st.st_dev, st.st_ino
+        if rec.head < 0 and st.st_size >= _HEAD_BYTES:
+            head = _head_crc(c.path)
+            rec.head = -1 if head is None else head
+
+    def _forget_vanished(self, seen: set[str]) -> None:
+        """Files gone for `forget_after` seconds leave the state; so do runs with no files left."""
+        now = time.monotonic()
+        for key in list(self._workers):
+            w = self._workers[key]
+            gone = []
+            for path, c in w.cursors.items():
+                if path in seen or os.path.exists(path):
+                    c.gone_since = 0.0
+                    continue
+                c.gone_since = c.gone_since or now
+                if now - c.gone_since >= self.options.forget_after:
+                    gone.append(path)
+            if gone:
+                log.info("%s: %d file(s) gone for %.0fs; forgetting them", w.ref.name, len(gone),
+                         self.options.forget_after)
+                self.store.forget_files(gone)
+                for path in gone:
+                    del w.cursors[path]
+            if not w.cursors and not os.path.isdir(w.ref.directory):
+                if w.sink is not None:
+                    log.info("%s: run directory is gone; finishing the run", w.ref.name)
+                    self.finish(w)
+                if gone or not self.store.files_of(key):
+                    del self._workers[key]
 
     def _count_corrupt(self, w: _Worker, c: _Cursor, corrupt: list) -> None:
         if not corrupt:

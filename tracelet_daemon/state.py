@@ -55,6 +55,9 @@ CREATE TABLE IF NOT EXISTS files(
     status TEXT NOT NULL DEFAULT 'ok',
     error TEXT NOT NULL DEFAULT '',
     size INTEGER NOT NULL DEFAULT 0,
+    dev INTEGER NOT NULL DEFAULT 0,
+    inode INTEGER NOT NULL DEFAULT 0,
+    head INTEGER NOT NULL DEFAULT -1,
     updated REAL NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS files_by_run ON files(run_key);
@@ -91,6 +94,9 @@ class FileRecord:
     status: str = "ok"  # ok | quarantined
     error: str = ""
     size: int = 0
+    dev: int = 0  # identity of the file the offsets belong to: (dev, inode) and a checksum of
+    inode: int = 0  # its first bytes, so a replaced or rewritten file is noticed
+    head: int = -1
 
 
 @dataclass
@@ -101,6 +107,18 @@ class Batch:
     seq_first: int
     seq_last: int
     ranges: list[tuple[str, int, int]]
+
+
+def _migrate(db: sqlite3.Connection) -> None:
+    """Add columns introduced after a state file was created (no data is rewritten)."""
+    wanted = {"runs": [("meta_fp", "TEXT NOT NULL DEFAULT ''")],
+              "files": [("dev", "INTEGER NOT NULL DEFAULT 0"), ("inode", "INTEGER NOT NULL DEFAULT 0"),
+                        ("head", "INTEGER NOT NULL DEFAULT -1")]}
+    for table, columns in wanted.items():
+        have = {row[1] for row in db.execute(f"PRAGMA table_info({table})")}
+        for name, decl in columns:
+            if name not in have:
+                db.execute(f"ALTER TABLE {table} ADD COLUMN {name} {decl}")
 
 
 def default_state_dir() -> str:
@@ -142,6 +160,7 @@ class StateStore:
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=FULL")
             db.executescript(_SCHEMA)
+            _migrate(db)
             db.execute("SELECT count(*) FROM runs").fetchone()
             db.execute(
                 "INSERT OR IGNORE INTO meta(k, v) VALUES('schema_version', ?)", (str(SCHEMA_VERSION),)
@@ -213,13 +232,14 @@ class StateStore:
     # -- files -----------------------------------------------------------------------------
     def files_of(self, run_key: str) -> dict[str, FileRecord]:
         rows = self._db.execute(
-            "SELECT path, run_key, prefix, acked_offset, plugins, corrupt, status, error, size"
-            " FROM files WHERE run_key=?",
+            "SELECT path, run_key, prefix, acked_offset, plugins, corrupt, status, error, size,"
+            " dev, inode, head FROM files WHERE run_key=?",
             (run_key,),
         ).fetchall()
         out = {}
-        for path, rk, prefix, off, plugins, corrupt, status, error, size in rows:
-            out[path] = FileRecord(path, rk, prefix, off, json.loads(plugins), corrupt, status, error, size)
+        for path, rk, prefix, off, plugins, corrupt, status, error, size, dev, inode, head in rows:
+            out[path] = FileRecord(path, rk, prefix, off, json.loads(plugins), corrupt, status, error,
+                                   size, dev, inode, head)
         return out
 
     def put_file(self, f: FileRecord) -> None:
@@ -230,13 +250,36 @@ class StateStore:
     def _put_file(db: sqlite3.Connection, f: FileRecord) -> None:
         db.execute(
             "INSERT INTO files(path, run_key, prefix, acked_offset, plugins, corrupt, status, error,"
-            " size, updated) VALUES(?,?,?,?,?,?,?,?,?,?) ON CONFLICT(path) DO UPDATE SET"
-            " run_key=excluded.run_key, prefix=excluded.prefix, plugins=excluded.plugins,"
+            " size, dev, inode, head, updated) VALUES(?,?,?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT(path)"
+            " DO UPDATE SET run_key=excluded.run_key, prefix=excluded.prefix, plugins=excluded.plugins,"
             " corrupt=excluded.corrupt, status=excluded.status, error=excluded.error,"
-            " size=excluded.size, updated=excluded.updated",
+            " size=excluded.size, dev=excluded.dev, inode=excluded.inode, head=excluded.head,"
+            " updated=excluded.updated",
             (f.path, f.run_key, f.prefix, f.acked_offset, json.dumps(f.plugins, sort_keys=True),
-             f.corrupt, f.status, f.error, f.size, time.time()),
+             f.corrupt, f.status, f.error, f.size, f.dev, f.inode, f.head, time.time()),
         )
+
+    def reset_file(self, f: FileRecord) -> None:
+        """The file at f.path is a new file: offsets from 0, and no journaled range points at it."""
+        with self._tx() as db:
+            f.acked_offset = 0
+            self._put_file(db, f)
+            db.execute("UPDATE files SET acked_offset=0 WHERE path=?", (f.path,))
+            self._drop_ranges(db, {f.path})
+
+    def forget_files(self, paths: list[str]) -> None:
+        """Files that are gone for good: their rows and their journaled ranges go."""
+        with self._tx() as db:
+            for path in paths:
+                db.execute("DELETE FROM files WHERE path=?", (path,))
+            self._drop_ranges(db, set(paths))
+
+    @staticmethod
+    def _drop_ranges(db: sqlite3.Connection, paths: set[str]) -> None:
+        for batch_id, ranges in db.execute("SELECT id, ranges FROM batches").fetchall():
+            kept = [r for r in json.loads(ranges) if r[0] not in paths]
+            if len(kept) != len(json.loads(ranges)):
+                db.execute("UPDATE batches SET ranges=? WHERE id=?", (json.dumps(kept), batch_id))
 
     # -- journal ---------------------------------------------------------------------------
     def journal(
