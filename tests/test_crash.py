@@ -61,3 +61,22 @@ def test_sigkill_at_random_points_neither_loses_nor_repeats(runs_root, state_dir
         assert_exactly_once(runs_root, wandb_env["WANDB_DIR"], name)
         folders += len(txlog.find_run_files(wandb_env["WANDB_DIR"], run_id_for(runs_root, name)))
     print(f"{killed_mid_run} kills landed mid-upload; {folders} offline folders for 3 runs")
+
+
+def test_lost_state_store_resumes_from_the_checkpoint_in_wandb(runs_root, tmp_path, wandb_env):
+    """A sidecar whose state volume was lost must not send everything again."""
+    import shutil
+
+    from helpers import history_of, scalar_points, tb_scalar_points
+    from tracelet_daemon.cli import main
+
+    write_run(SummaryWriter, runs_root / "exp", steps=300, image_every=0, seed=3)
+    state = str(tmp_path / "state-a")
+    args = ["upload", str(runs_root), "--no-progress", "--log-level", "warning", "--max-batch-bytes", "4096"]
+    assert main([*args, "--state-dir", state]) == 0
+    shutil.rmtree(state)
+    write_run(SummaryWriter, runs_root / "exp", steps=50, start=300, image_every=0, hist_every=0,
+              eval_every=0, seed=4, suffix=".more")
+    assert main([*args, "--state-dir", str(tmp_path / "state-b")]) == 0
+    got = scalar_points(history_of(wandb_env["WANDB_DIR"], run_id_for(runs_root, "exp")))
+    assert got == tb_scalar_points(runs_root / "exp")  # the first upload finished: nothing repeats

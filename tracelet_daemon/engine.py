@@ -246,6 +246,7 @@ class Engine:
     # -- opening and recovery --------------------------------------------------------------
     def _open(self, w: _Worker) -> None:
         rec = self.store.get_run(w.ref.key)
+        state_lost = rec is None
         md = self._metadata(w)
         if rec is None:
             run_id = w.ref.run_id
@@ -265,11 +266,7 @@ class Engine:
         durable = max(w.sink.durable_seq(), rec.acked_seq)
         batches = self.store.batches(w.ref.key)
         if durable >= rec.next_seq:
-            log.warning(
-                "%s: the backend holds rows up to #%d but the state store expected at most #%d;"
-                " was the state reset? continuing after #%d",
-                w.ref.name, durable, rec.next_seq - 1, durable,
-            )
+            self._recover_positions(w, durable, state_lost)
         rec.next_seq = max(rec.next_seq, durable + 1)
         rec.acked_seq = durable
         rec.location = w.sink.location
@@ -289,6 +286,26 @@ class Engine:
             log.info("%s: run %s resumed at %s after row #%d", w.ref.name, rec.run_id, rec.location, durable)
         else:
             log.info("%s: run %s opened at %s", w.ref.name, rec.run_id, rec.location)
+
+    def _recover_positions(self, w: _Worker, durable: int, state_lost: bool) -> None:
+        """The backend holds rows the state store does not know of: take positions from it."""
+        cp = w.sink.recovered_checkpoint()
+        if cp is None:
+            log.warning("%s: the backend holds rows up to #%d but the state store has no record of"
+                        " them and the backend no checkpoint; reading the files from the start"
+                        " (values may repeat)", w.ref.name, durable)
+            return
+        positions = cp.get("files") or {}
+        for rel, offset in positions.items():
+            path = os.path.normpath(os.path.join(w.ref.directory, rel))
+            c = w.cursors.get(path)
+            if c is None or not isinstance(offset, int):
+                continue
+            c.offset = c.record.acked_offset = max(c.offset, offset)
+        log.warning("%s: %s; resuming from the checkpoint the backend holds (row #%d); rows #%d-#%d"
+                    " may repeat", w.ref.name, "the state store had no record of this run" if state_lost
+                    else "the state store was behind the backend", cp["seq"], cp["seq"] + 1, durable)
+        self.report.error("state_recovered")
 
     def _replay(self, w: _Worker, batch, durable: int) -> None:
         """Re-read a journaled batch byte for byte and send the rows the backend lacks."""
@@ -472,6 +489,8 @@ class Engine:
         w.next_seq = seq_last + 1
         if rows:
             w.sink.write(rows)
+            w.sink.checkpoint(seq_last, {os.path.relpath(p, w.ref.directory): c.offset
+                                         for p, c in w.cursors.items()})
             self.report.rows += len(rows)
             self.report.events += len(events)
             w.last_event_time = max(w.last_event_time, max(r.wall_time for r in rows))

@@ -52,6 +52,17 @@ class RunSink(abc.ABC):
     def finish(self, timeout: float) -> int:
         """Flush and close the run; return the highest sequence number now durable."""
 
+    def checkpoint(self, seq: int, positions: dict[str, int]) -> None:  # noqa: B027 - optional
+        """Store, with the rows, that rows up to `seq` came from these file positions.
+
+        `positions` maps paths relative to the run directory to byte offsets. It lets a daemon
+        whose state store was lost resume from what the backend holds.
+        """
+
+    def recovered_checkpoint(self) -> dict | None:
+        """The newest checkpoint the backend holds at or below `durable_seq()`, if any."""
+        return None
+
     def update_metadata(self, metadata: RunMetadata) -> None:  # noqa: B027 - optional
         """Apply changed run metadata (config, tags, notes) to the open run."""
 

@@ -82,6 +82,7 @@ class WandbRunSink(RunSink):
             self._durable = max((txlog.max_history_step(p) for p in earlier), default=-1)
         self._acked = self._durable
         self._last_written = self._durable
+        self._earlier = earlier
         backend._opened(self)
 
     @property
@@ -110,6 +111,27 @@ class WandbRunSink(RunSink):
             except Exception as exc:  # noqa: BLE001
                 raise BackendError(f"W&B refused a row of {self.spec.name}: {exc}") from exc
             self._last_written = row.seq
+
+    def checkpoint(self, seq: int, positions: dict[str, int]) -> None:
+        # a summary key: written after the rows in W&B's log, hidden (leading "_") in W&B's UI
+        try:
+            self.run.summary.update({txlog.CHECKPOINT_KEY: {"v": 1, "seq": seq, "files": positions}})
+        except Exception as exc:  # noqa: BLE001
+            raise BackendError(f"W&B refused a checkpoint of {self.spec.name}: {exc}") from exc
+
+    def recovered_checkpoint(self) -> dict | None:
+        if self._durable < 0:
+            return None
+        if self._backend.mode == "online":
+            cp = self.run.summary.get(txlog.CHECKPOINT_KEY)
+            try:
+                cp = dict(cp) if cp is not None else None
+                if cp is not None:
+                    cp["files"] = dict(cp.get("files") or {})
+            except (TypeError, ValueError):
+                return None
+            return cp if cp and isinstance(cp.get("seq"), int) and cp["seq"] <= self._durable else None
+        return txlog.last_checkpoint(self._earlier, self._durable)
 
     def update_metadata(self, metadata: RunMetadata) -> None:
         try:

@@ -225,3 +225,25 @@ def find_run_files(wandb_dir: str, run_id: str) -> list[str]:
         if m and os.path.isfile(path):
             found.append((name[: m.start(1) if m.group(1) else len(name)], int(m.group(1) or 0), path))
     return [p for _, _, p in sorted(found)]
+
+
+CHECKPOINT_KEY = "_tracelet"
+
+
+def last_checkpoint(paths: list[str], upto_seq: int) -> dict | None:
+    """The newest replica checkpoint (see the W&B sink) whose row number is at most `upto_seq`."""
+    best = None
+    for path in paths:
+        try:
+            for rec in TxlogReader(path).read_new():
+                if rec.WhichOneof("record_type") != "summary":
+                    continue
+                for item in rec.summary.update:
+                    if item.key == CHECKPOINT_KEY or list(item.nested_key) == [CHECKPOINT_KEY]:
+                        cp = json.loads(item.value_json)
+                        if isinstance(cp, dict) and isinstance(cp.get("seq"), int) and cp["seq"] <= upto_seq:
+                            if best is None or cp["seq"] >= best["seq"]:
+                                best = cp
+        except (OSError, TxlogError, ValueError):
+            continue
+    return best
