@@ -17,13 +17,13 @@ import os
 import time
 from collections.abc import Sequence
 
-from ...errors import BackendError
+from ...errors import BackendError, UsageError
 from ...metadata import ArtifactRequest, RunMetadata
 from ...values import Row
 from ..base import Backend, RunSink, RunSpec
 from . import txlog
 from .convert import STEP_KEY, convert_row
-from .mode import resolve_mode
+from .mode import has_api_key, resolve_mode
 
 log = logging.getLogger("tracelet.wandb")
 
@@ -46,7 +46,7 @@ class WandbRunSink(RunSink):
         self.spec = spec
         wandb_dir = backend.wandb_dir
         earlier = txlog.find_run_files(wandb_dir, spec.run_id)
-        settings = wandb.Settings(**LEAN_SETTINGS)
+        settings = wandb.Settings(**LEAN_SETTINGS, init_timeout=backend.init_timeout)
         md = spec.metadata or RunMetadata()
         self._group, self._job_type = md.group, md.job_type
         try:
@@ -218,8 +218,15 @@ class WandbBackend(Backend):
     name = "wandb"
 
     def __init__(self, *, project: str | None = None, entity: str | None = None,
-                 mode: str | None = None, wandb_dir: str | None = None) -> None:
+                 mode: str | None = None, wandb_dir: str | None = None,
+                 init_timeout: float | None = None) -> None:
         self.mode = resolve_mode(mode)
+        if self.mode == "online" and not has_api_key():
+            raise UsageError("W&B online mode needs an API key: set WANDB_API_KEY (or WANDB_API_KEY_FILE),"
+                             " run `wandb login`, or use --mode offline")
+        # an unreachable server makes wandb.init block this long before it fails (wandb: 90 s);
+        # the engine retries with backoff, so fail fast and keep the daemon responsive
+        self.init_timeout = float(init_timeout or os.environ.get("TRACELET_WANDB_INIT_TIMEOUT") or 15)
         self.project = project or os.environ.get("WANDB_PROJECT") or "tracelet"
         self.entity = entity or os.environ.get("WANDB_ENTITY") or None
         self.wandb_dir = wandb_dir or os.environ.get("WANDB_DIR") or os.getcwd()
