@@ -80,3 +80,67 @@ def test_lost_state_store_resumes_from_the_checkpoint_in_wandb(runs_root, tmp_pa
     assert main([*args, "--state-dir", str(tmp_path / "state-b")]) == 0
     got = scalar_points(history_of(wandb_env["WANDB_DIR"], run_id_for(runs_root, "exp")))
     assert got == tb_scalar_points(runs_root / "exp")  # the first upload finished: nothing repeats
+
+
+def test_sigkill_during_watch_while_writers_append(runs_root, state_dir, wandb_env):
+    """Writers keep appending while the watch daemon is killed and restarted at random points."""
+    import threading
+
+    import numpy as np
+
+    from helpers import assert_exactly_once
+
+    rng = random.Random(7)
+    stop_writing = threading.Event()
+
+    def writer(name: str, seed: int) -> None:
+        gen = np.random.default_rng(seed)
+        w = SummaryWriter(str(runs_root / name), flush_secs=3600)
+        step = 0
+        while not stop_writing.is_set() or step < 400:
+            w.add_scalar("loss", float(gen.normal()), step)
+            w.add_scalar("acc", float(gen.random()), step)
+            if step % 50 == 0:
+                w.add_histogram("w", gen.normal(size=2000), step)
+            step += 1
+            if step % 20 == 0:
+                w.flush()
+                time.sleep(0.03)
+            if step >= 1500:
+                break
+        w.close()
+
+    threads = [threading.Thread(target=writer, args=(n, i)) for i, n in enumerate(("w1", "w2"))]
+    for t in threads:
+        t.start()
+    cmd = [sys.executable, "-m", "tracelet_daemon", "watch", str(runs_root), "--state-dir", state_dir,
+           "--rescan-interval", "0.3", "--max-batch-bytes", "8192", "--log-level", "warning"]
+    kills = 0
+    for _ in range(max(3, KILLS // 2)):
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=os.environ.copy())
+        time.sleep(rng.uniform(1.5, 3.0))
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+        kills += 1
+    stop_writing.set()
+    for t in threads:
+        t.join(timeout=120)
+    final = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=os.environ.copy())
+    from tracelet_daemon.state import StateStore
+
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:  # wait until every byte of both files is acknowledged
+        store = StateStore(state_dir)
+        try:
+            files = [f for k in (str(runs_root / "w1"), str(runs_root / "w2")) for f in store.files_of(k).values()]
+        finally:
+            store.close()
+        if files and all(f.acked_offset == os.path.getsize(f.path) for f in files):
+            break
+        time.sleep(0.5)
+    final.send_signal(signal.SIGTERM)
+    _out, err = final.communicate(timeout=60)
+    assert final.returncode == 0, err
+    for name in ("w1", "w2"):
+        assert_exactly_once(runs_root, wandb_env["WANDB_DIR"], name)
+    print(f"{kills} kills of a live watch")

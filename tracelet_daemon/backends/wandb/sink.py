@@ -214,6 +214,19 @@ class WandbRunSink(RunSink):
         return self._acked
 
 
+_BAD_NAME_CHARS = set('/\\#?%:') | {chr(c) for c in range(32)}
+
+
+def _checked_name(what: str, value: str | None) -> str | None:
+    """W&B rejects these characters in project and entity names; say so before any run starts."""
+    if value is None:
+        return None
+    if not value.strip() or len(value) > 128 or _BAD_NAME_CHARS & set(value):
+        raise UsageError(f"invalid W&B {what} name {value!r} (no / \\ # ? % : or control characters,"
+                         " at most 128 characters)")
+    return value
+
+
 class WandbBackend(Backend):
     name = "wandb"
 
@@ -227,8 +240,8 @@ class WandbBackend(Backend):
         # an unreachable server makes wandb.init block this long before it fails (wandb: 90 s);
         # the engine retries with backoff, so fail fast and keep the daemon responsive
         self.init_timeout = float(init_timeout or os.environ.get("TRACELET_WANDB_INIT_TIMEOUT") or 15)
-        self.project = project or os.environ.get("WANDB_PROJECT") or "tracelet"
-        self.entity = entity or os.environ.get("WANDB_ENTITY") or None
+        self.project = _checked_name("project", project or os.environ.get("WANDB_PROJECT") or "tracelet")
+        self.entity = _checked_name("entity", entity or os.environ.get("WANDB_ENTITY") or None)
         self.wandb_dir = wandb_dir or os.environ.get("WANDB_DIR") or os.getcwd()
         self._open: set[WandbRunSink] = set()
         self._locations: dict[str, str] = {}
