@@ -155,7 +155,8 @@ class StateStore:
             return self._connect()
 
     def _connect(self) -> sqlite3.Connection:
-        db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        # a generous busy timeout: parallel upload workers share this database
+        db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=60)
         try:
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=FULL")

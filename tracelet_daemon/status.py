@@ -11,15 +11,20 @@ import os
 import tempfile
 
 
-def write_json_atomic(path: str, data: object) -> None:
-    """Temp file in the same directory, fsync, rename: readers see the old or the new file."""
+def write_json_atomic(path: str, data: object, *, durable: bool = False) -> None:
+    """Temp file in the same directory, rename: readers see the old or the new file.
+
+    A status snapshot is rewritten every few seconds and is not needed after a power loss, so it
+    skips fsync unless `durable` (which costs a disk flush per write).
+    """
     directory = os.path.dirname(path) or "."
     fd, tmp = tempfile.mkstemp(prefix=".status-", suffix=".tmp", dir=directory)
     try:
         with os.fdopen(fd, "w") as f:
             json.dump(data, f, indent=1, sort_keys=True, allow_nan=False, default=str)
             f.flush()
-            os.fsync(f.fileno())
+            if durable:
+                os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         try:
