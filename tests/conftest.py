@@ -10,7 +10,10 @@ import pytest
 @pytest.fixture(autouse=True)
 def wandb_env(tmp_path, monkeypatch):
     """Every test gets offline W&B with its own WANDB_DIR, data and cache dirs; no API key."""
-    for var in ("WANDB_API_KEY", "WANDB_PROJECT", "WANDB_ENTITY", "WANDB_BASE_URL", "TRACELET_STATE_DIR"):
+    # WANDB_SERVICE: wandb puts it in the environment of a process that started wandb-core; child
+    # processes of the test would otherwise attach to this process's wandb-core
+    for var in ("WANDB_API_KEY", "WANDB_PROJECT", "WANDB_ENTITY", "WANDB_BASE_URL", "TRACELET_STATE_DIR",
+                "WANDB_SERVICE"):
         monkeypatch.delenv(var, raising=False)
     env = {
         "WANDB_MODE": "offline",

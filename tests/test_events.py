@@ -101,11 +101,13 @@ def test_tf2_image_string_tensor_batch():
 
 
 def test_unknown_kinds_are_reported_not_dropped_silently():
-    ev = decode_event(_event(text_v2.text_pb("notes", "hello")), {})
-    assert ev.values == [] and ev.skipped == [("notes", "tensor:text")]
-    summary = summary_pb2.Summary()
-    summary.value.add(tag="snd", audio=summary_pb2.Summary.Audio(sample_rate=8000, encoded_audio_string=b"RIFF"))
-    assert decode_event(_event(summary), {}).skipped == [("snd", "audio")]
+    mesh = summary_pb2.Summary()
+    value = mesh.value.add(tag="m", tensor=tensor_util.make_tensor_proto(np.float32(1.0)))
+    value.metadata.plugin_data.plugin_name = "mesh"
+    assert decode_event(_event(mesh), {}).skipped == [("m", "tensor:mesh")]
+    empty = summary_pb2.Summary()
+    empty.value.add(tag="vid")
+    assert decode_event(_event(empty), {}).skipped == [("vid", "no data")]
 
 
 def test_events_without_summary_and_garbage():

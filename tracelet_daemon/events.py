@@ -4,22 +4,36 @@ Each summary value is routed by (oneof field, plugin name) to one small function
 with ``@decoder``; adding a type is one such function. TF2 writes the plugin metadata only on
 the first summary of each tag, so callers pass a per-file ``plugins`` dict that remembers it.
 A value nobody decodes is returned in ``Event.skipped``, so it can be reported, never dropped
-silently.
+silently. Event-level data (graphs, run metadata) becomes ``RunFile`` values under fixed tags.
+See docs/data-types.md for what each writer's data becomes.
 """
 
 from __future__ import annotations
 
+import io
+import re
 import struct
+import wave
 from collections.abc import Callable, MutableMapping
 
 import numpy as np
 from google.protobuf.message import DecodeError
 from tensorboard.compat.proto import event_pb2, types_pb2
 
-from .values import Event, Histogram, Image, ImageBatch, Value
+from .values import (Audio, AudioBatch, Event, HParams, Histogram, Image, ImageBatch, PRCurve, RunFile,
+                     Text, Value, Video)
 
-Decoder = Callable[[object], "Value | None"]
+# A decoder gets the summary value's payload (the oneof field, None for metadata-only values) and
+# its SummaryMetadata; it returns a Value, CONSUMED (understood, nothing to replay) or None.
+Decoder = Callable[[object, object], object]
 _DECODERS: dict[str, Decoder] = {}
+CONSUMED = object()
+
+# tags of event-level data (not summaries)
+GRAPH_TAG = "graph"
+META_GRAPH_TAG = "meta_graph"
+RUN_METADATA_TAG = "run_metadata"
+TEXT_SUFFIX = "/text_summary"  # torch and tensorboardX add_text append it to the tag
 
 _ParseEvent = event_pb2.Event.FromString
 
@@ -29,7 +43,11 @@ class UndecodableEvent(ValueError):
 
 
 def decoder(*keys: str) -> Callable[[Decoder], Decoder]:
-    """Register a decoder for ``"<oneof>"`` or ``"<oneof>:<plugin>"``."""
+    """Register a decoder for ``"<oneof>"`` or ``"<oneof>:<plugin>"``.
+
+    ``<oneof>`` is the Summary.Value field set (``simple_value``, ``histo``, ``image``, ``audio``,
+    ``tensor``) or ``empty`` for a value that carries only metadata (the hparams plugin).
+    """
 
     def register(fn: Decoder) -> Decoder:
         for key in keys:
@@ -112,7 +130,7 @@ def _fast_scalars(buf: bytes) -> Event | None:
 
 
 def decode_event(payload: bytes, plugins: MutableMapping[str, str]) -> Event | None:
-    """Typed values of one event; None for events without a summary (file_version, graphs)."""
+    """Typed values of one event; None for events with nothing to replay (file_version, ...)."""
     fast = _fast_scalars(payload)
     if fast is not None:
         return fast
@@ -124,36 +142,114 @@ def _decode_proto(payload: bytes, plugins: MutableMapping[str, str]) -> Event | 
         ev = _ParseEvent(payload)
     except DecodeError as exc:
         raise UndecodableEvent(str(exc)) from exc
-    if not ev.HasField("summary"):
-        return None
+    what = ev.WhichOneof("what")
+    if what != "summary":
+        value = _event_level(ev, what)
+        return None if value is None else Event(ev.step, ev.wall_time, [value], [])
     values: list[tuple[str, Value]] = []
     skipped: list[tuple[str, str]] = []
+    batched = False
     for v in ev.summary.value:
         kind = v.WhichOneof("value")
         if kind == "simple_value":
             values.append((v.tag, v.simple_value))
-            continue
-        if kind is None:
             continue
         plugin = v.metadata.plugin_data.plugin_name
         if plugin:
             plugins.setdefault(v.tag, plugin)
         else:
             plugin = plugins.get(v.tag, "")
-        fn = _DECODERS.get(f"{kind}:{plugin}") or _DECODERS.get(kind)
-        value = fn(getattr(v, kind)) if fn is not None else None
+        kind = kind or "empty"
+        fn = _DECODERS.get(f"{kind}:{plugin}")
+        if fn is None and (not plugin or kind not in ("tensor", "empty")):
+            fn = _DECODERS.get(kind)  # TF1 fields; a tensor of an unknown plugin is not guessed at
+        value = fn(getattr(v, kind) if kind != "empty" else None, v.metadata) if fn is not None else None
+        if value is CONSUMED:
+            continue
         if value is None:
-            skipped.append((v.tag, f"{kind}:{plugin}" if plugin else kind))
-        else:
-            values.append((v.tag, value))
+            what_kind = f"{kind}:{plugin}" if plugin else kind
+            skipped.append((v.tag, "no data" if what_kind == "empty" else what_kind))
+            continue
+        tag = v.tag
+        if isinstance(value, Text) and tag.endswith(TEXT_SUFFIX) and len(tag) > len(TEXT_SUFFIX):
+            tag = tag[: -len(TEXT_SUFFIX)]
+        batched = batched or (kind in ("image", "audio") and _TF1_ITEM.match(tag) is not None)
+        values.append((tag, value))
+    if batched:
+        values = _merge_tf1_items(values)
     return Event(ev.step, ev.wall_time, values, skipped)
+
+
+# TF1 image/audio summaries with max_outputs > 1 write one value per item: "<name>/image/<i>"
+_TF1_ITEM = re.compile(r"(.+/(?:image|audio))/(\d+)")
+
+
+def _merge_tf1_items(values: list[tuple[str, Value]]) -> list[tuple[str, Value]]:
+    """``x/image/0..n-1`` of one event → one ImageBatch ``x/image`` (audio alike), in order."""
+    groups: dict[str, dict[int, Value]] = {}
+    for tag, value in values:
+        m = _TF1_ITEM.fullmatch(tag)
+        if m and isinstance(value, (Image, Audio)):
+            groups.setdefault(m.group(1), {})[int(m.group(2))] = value
+    merged: dict[str, Value] = {}
+    for base, items in groups.items():
+        kinds = {type(v) for v in items.values()}
+        if len(items) < 2 or sorted(items) != list(range(len(items))) or len(kinds) != 1:
+            continue
+        ordered = tuple(items[i] for i in range(len(items)))
+        merged[base] = ImageBatch(ordered) if kinds == {Image} else AudioBatch(ordered)  # type: ignore
+    if not merged:
+        return values
+    out: list[tuple[str, Value]] = []
+    for tag, value in values:
+        m = _TF1_ITEM.fullmatch(tag)
+        if m and m.group(1) in merged:
+            if m.group(2) == "0":
+                out.append((m.group(1), merged[m.group(1)]))
+            continue
+        out.append((tag, value))
+    return out
+
+
+# -- event-level data: graphs and run metadata --------------------------------------------------
+
+
+def _as_text_proto(data: bytes, message_cls) -> tuple[bytes, str]:
+    """Protobuf text format (readable in W&B's file browser), or the raw bytes if unparseable."""
+    from google.protobuf import text_format
+
+    try:
+        msg = message_cls.FromString(data)
+        return text_format.MessageToString(msg).encode("utf-8"), ".pbtxt"
+    except Exception:  # noqa: BLE001 - keep what the writer wrote
+        return bytes(data), ".pb"
+
+
+def _event_level(ev, what: str | None) -> tuple[str, Value] | None:
+    if what == "graph_def":
+        from tensorboard.compat.proto import graph_pb2
+
+        content, suffix = _as_text_proto(ev.graph_def, graph_pb2.GraphDef)
+        return GRAPH_TAG, RunFile(content, suffix, "TensorBoard graph (GraphDef)")
+    if what == "meta_graph_def":
+        from tensorboard.compat.proto import meta_graph_pb2
+
+        content, suffix = _as_text_proto(ev.meta_graph_def, meta_graph_pb2.MetaGraphDef)
+        return META_GRAPH_TAG, RunFile(content, suffix, "TensorBoard meta graph (MetaGraphDef)")
+    if what == "tagged_run_metadata":
+        from tensorboard.compat.proto import config_pb2
+
+        trm = ev.tagged_run_metadata
+        content, suffix = _as_text_proto(trm.run_metadata, config_pb2.RunMetadata)
+        return f"{RUN_METADATA_TAG}/{trm.tag}", RunFile(content, suffix, "TensorBoard run metadata")
+    return None  # file_version, session_log, log_message: nothing to replay
 
 
 # -- TF1-style summaries -------------------------------------------------------------------
 
 
 @decoder("histo")
-def _histogram_proto(h) -> Histogram | None:
+def _histogram_proto(h, _meta=None) -> Histogram | None:
     counts = tuple(h.bucket)
     limits = tuple(h.bucket_limit)
     if not counts or len(counts) != len(limits):
@@ -165,10 +261,30 @@ def _histogram_proto(h) -> Histogram | None:
 
 
 @decoder("image")
-def _image_proto(img) -> Image | None:
+def _image_proto(img, _meta=None) -> Image | Video | None:
     if not img.encoded_image_string:
         return None
+    if img.encoded_image_string[:4] == b"GIF8":  # add_video: an animated GIF in an image summary
+        return Video(img.encoded_image_string, "gif", img.width, img.height)
     return Image(img.encoded_image_string, img.width, img.height)
+
+
+def _wav_info(encoded: bytes) -> tuple[int, int, int]:
+    """(sample rate, frames, channels) from a WAV header; zeros if it is not a readable WAV."""
+    try:
+        with wave.open(io.BytesIO(encoded)) as w:
+            return w.getframerate(), w.getnframes(), w.getnchannels()
+    except (wave.Error, EOFError, OSError, ValueError):
+        return 0, 0, 0
+
+
+@decoder("audio")
+def _audio_proto(a, _meta=None) -> Audio | None:
+    if not a.encoded_audio_string:
+        return None
+    rate, frames, channels = _wav_info(a.encoded_audio_string)
+    return Audio(a.encoded_audio_string, float(a.sample_rate or rate), a.content_type or "audio/wav",
+                 "", int(a.length_frames or frames), int(a.num_channels or channels))
 
 
 # -- TF2-style tensor summaries --------------------------------------------------------------
@@ -208,7 +324,7 @@ def tensor_array(t) -> np.ndarray | None:
 
 
 @decoder("tensor:scalars", "tensor")
-def _tensor_scalar(t) -> float | None:
+def _tensor_scalar(t, _meta=None) -> float | None:
     if t.dtype == types_pb2.DT_FLOAT and len(t.float_val) == 1 and not t.tensor_shape.dim:
         return float(t.float_val[0])
     arr = tensor_array(t)
@@ -218,7 +334,7 @@ def _tensor_scalar(t) -> float | None:
 
 
 @decoder("tensor:histograms")
-def _tensor_histogram(t) -> Histogram | None:
+def _tensor_histogram(t, _meta=None) -> Histogram | None:
     arr = tensor_array(t)
     if arr is None or arr.ndim != 2 or arr.shape[1] != 3:
         return None
@@ -230,7 +346,7 @@ def _tensor_histogram(t) -> Histogram | None:
 
 
 @decoder("tensor:images")
-def _tensor_images(t) -> Image | ImageBatch | None:
+def _tensor_images(t, _meta=None) -> Image | ImageBatch | None:
     # TF2: a string tensor [width, height, encoded_1, ..., encoded_n]
     if t.dtype != types_pb2.DT_STRING or len(t.string_val) < 3:
         return None
@@ -240,3 +356,112 @@ def _tensor_images(t) -> Image | ImageBatch | None:
         return None
     images = tuple(Image(bytes(b), width, height) for b in t.string_val[2:])
     return images[0] if len(images) == 1 else ImageBatch(images)
+
+
+def _shape(t) -> tuple[int, ...]:
+    return tuple(int(d.size) for d in t.tensor_shape.dim)
+
+
+@decoder("tensor:text")
+def _tensor_text(t, _meta=None) -> Text | None:
+    # torch/tensorboardX: shape [1]; TF2 tf.summary.text: shape [] (or any rank: a table)
+    if t.dtype != types_pb2.DT_STRING:
+        return None
+    strings = tuple(bytes(b).decode("utf-8", "replace") for b in t.string_val)
+    shape = _shape(t)
+    if int(np.prod(shape)) != len(strings):
+        if len(strings) == 1 and int(np.prod(shape)) > 1:
+            strings = strings * int(np.prod(shape))  # a broadcast constant
+        else:
+            shape = (len(strings),)
+    if not strings:
+        return None
+    return Text(strings, shape)
+
+
+@decoder("tensor:audio")
+def _tensor_audio(t, _meta=None) -> Audio | AudioBatch | None:
+    # TF2 (and the TF1 plugin op): a string tensor [k, 2] of (encoded clip, markdown label)
+    if t.dtype != types_pb2.DT_STRING or not t.string_val:
+        return None
+    shape = _shape(t)
+    items = [bytes(b) for b in t.string_val]
+    if len(shape) == 2 and shape[1] == 2 and len(items) == 2 * shape[0]:
+        pairs = [(items[2 * i], items[2 * i + 1]) for i in range(shape[0])]
+    elif len(shape) <= 1:
+        pairs = [(b, b"") for b in items]
+    else:
+        return None
+    clips = []
+    for encoded, label in pairs:
+        rate, frames, channels = _wav_info(encoded)
+        text = label.decode("utf-8", "replace")
+        clips.append(Audio(encoded, float(rate), "audio/wav", text, frames, channels))
+    if not clips:
+        return None
+    return clips[0] if len(clips) == 1 else AudioBatch(tuple(clips))
+
+
+@decoder("tensor:pr_curves")
+def _tensor_pr_curve(t, _meta=None) -> PRCurve | None:
+    # rows: true positives, false positives, true negatives, false negatives, precision, recall
+    arr = tensor_array(t)
+    if arr is None or arr.ndim != 2 or arr.shape[0] != 6:
+        return None
+    rows = [tuple(float(x) for x in arr[i]) for i in range(6)]
+    return PRCurve(*rows)
+
+
+def _struct_value(v) -> object:
+    """A google.protobuf.Value as plain Python."""
+    kind = v.WhichOneof("kind")
+    if kind == "number_value":
+        return v.number_value
+    if kind == "string_value":
+        return v.string_value
+    if kind == "bool_value":
+        return v.bool_value
+    if kind == "list_value":
+        return [_struct_value(x) for x in v.list_value.values]
+    if kind == "struct_value":
+        return {k: _struct_value(x) for k, x in sorted(v.struct_value.fields.items())}
+    return None
+
+
+@decoder("empty:hparams", "tensor:hparams")
+def _hparams(_t, meta) -> HParams | object | None:
+    # the hparams plugin keeps everything in the metadata; the tensor (if any) is a placeholder
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    try:
+        data = plugin_data_pb2.HParamsPluginData.FromString(meta.plugin_data.content)
+    except DecodeError:
+        return None
+    which = data.WhichOneof("data")
+    if which == "session_start_info":
+        hp = data.session_start_info.hparams
+        return HParams(tuple((name, _struct_value(hp[name])) for name in sorted(hp)))
+    if which in ("experiment", "session_end_info"):
+        # hparam domains, metric names and a session's end status: TensorBoard bookkeeping with
+        # no W&B counterpart (the metrics themselves arrive as scalars)
+        return CONSUMED
+    return None
+
+
+@decoder("tensor:graph_keras_model")
+def _keras_model(t, _meta=None) -> RunFile | None:
+    # Keras' TensorBoard callback: the model's JSON config as a string scalar (tag "keras")
+    if t.dtype != types_pb2.DT_STRING or len(t.string_val) != 1:
+        return None
+    return RunFile(bytes(t.string_val[0]), ".json", "Keras model config")
+
+
+@decoder("tensor:custom_scalars")
+def _custom_scalars(t, _meta=None) -> RunFile | None:
+    # add_custom_scalars: a Layout proto describing TensorBoard's custom charts
+    if t.dtype != types_pb2.DT_STRING or len(t.string_val) != 1:
+        return None
+    from tensorboard.plugins.custom_scalar import layout_pb2
+
+    content, suffix = _as_text_proto(bytes(t.string_val[0]), layout_pb2.Layout)
+    return RunFile(content, suffix, "TensorBoard custom scalars layout")

@@ -50,6 +50,7 @@ def merge(reports: list[Report]) -> Report:
 def _worker(root: str, backend: str, backend_options: dict, state_dir: str, options: Options,
             log_level: int, progress) -> Report:
     logging.basicConfig(level=log_level, format="%(asctime)s %(levelname)-7s %(message)s", force=True)
+    os.environ.pop("WANDB_SERVICE", None)  # each worker owns its wandb-core (see mode.prepare_environment)
     from . import backends
     from .state import StateStore
 

@@ -2,9 +2,18 @@
 
 * Each first-level directory under the root is one run, named after it; files directly in the
   root form a run named after the root.
+* A writer-session directory deeper down is a run of its own, named by its path: Lightning's
+  ``version_<N>`` and the default ``<Mon><DD>_<HH>-<MM>-<SS>_<host>`` log dirs of torch,
+  tensorboardX and Hugging Face (``root/lightning_logs/version_3/...`` is run
+  ``lightning_logs/version_3``). Each is a separate training, as TensorBoard shows it.
 * Deeper directories become key prefixes: ``runs/exp1/eval/events...`` tag ``loss`` is key
-  ``eval/loss`` in run ``exp1``.
+  ``eval/loss`` in run ``exp1``, except the directories writers create on their own:
+  - ``add_hparams``' ``<time.time()>`` directory (``1795789123.456``) adds no prefix;
+  - ``add_scalars('loss', {'train': ...})`` writes tag ``loss`` into ``loss/train/``
+    (tensorboardX) or ``loss_train/`` (torch): the key is ``loss/train``.
 * Values of one step that arrive together (one batch, any file of the run) share one row.
+
+docs/data-types.md documents every rule with examples.
 """
 
 from __future__ import annotations
@@ -14,6 +23,7 @@ import os
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
+from functools import lru_cache
 
 from .values import Event, Row
 
@@ -35,6 +45,19 @@ def is_event_file(name: str) -> bool:
     return "tfevents" in name and not name.startswith(".")
 
 
+# Lightning's TensorBoardLogger: <save_dir>/<name>/version_<N>/
+_LIGHTNING_VERSION = re.compile(r"version_\d+")
+# torch / tensorboardX / Hugging Face default log dir: runs/May01_12-30-59_host[comment]
+_DEFAULT_LOGDIR = re.compile(r"(?:Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec)\d{2}_\d{2}-\d{2}-\d{2}_.+")
+# add_hparams' default run name: str(time.time()), e.g. 1795789123.4567
+_HPARAMS_DIR = re.compile(r"\d{9,11}\.\d{1,9}")
+
+
+def is_session_dir(name: str) -> bool:
+    """A directory one writer session creates (a run of its own wherever it sits)."""
+    return bool(_LIGHTNING_VERSION.fullmatch(name) or _DEFAULT_LOGDIR.fullmatch(name))
+
+
 def locate(root: str, path: str) -> tuple[str, str]:
     """(run directory relative to root, key prefix) for an event file under `root`."""
     rel_dir = os.path.relpath(os.path.dirname(path), root)
@@ -43,7 +66,18 @@ def locate(root: str, path: str) -> tuple[str, str]:
     parts = rel_dir.split(os.sep)
     if parts[0] == "..":
         raise ValueError(f"{path} is not under {root}")
-    return parts[0], "/".join(parts[1:])
+    cut = 1
+    for i in range(1, len(parts)):
+        if is_session_dir(parts[i]):
+            cut = i + 1
+            break
+    return os.sep.join(parts[:cut]), key_prefix("/".join(parts[cut:]))
+
+
+def key_prefix(rel: str) -> str:
+    """The key prefix of a directory `rel` ("/"-separated) inside a run: add_hparams' ``<time.time()>``
+    directories add nothing (its metrics land next to the run's own keys)."""
+    return "/".join(p for p in rel.split("/") if p and not _HPARAMS_DIR.fullmatch(p))
 
 
 def make_run_id(name: str, identity: str) -> str:
@@ -64,8 +98,29 @@ def run_ref(root: str, run_rel: str) -> RunRef:
     return RunRef(key=directory, name=name, directory=directory, run_id=make_run_id(name, directory))
 
 
+@lru_cache(maxsize=1 << 16)
 def join_key(prefix: str, tag: str) -> str:
-    return f"{prefix}/{tag}" if prefix else tag
+    """The history key of `tag` written into the directory `prefix` (relative to its run).
+
+    ``add_scalars(main, {series: v})`` writes tag ``main`` into a directory per series:
+    tensorboardX ``<logdir>/<main>/<series>/``, torch ``<logdir>/<main with / as _>_<series>/``.
+    Both become ``<logdir prefix>/<main>/<series>``, the series under its chart's name.
+    """
+    if not prefix:
+        return tag
+    if tag:
+        # tensorboardX: the tag's path segments followed by the series name(s)
+        bounded = f"/{prefix}/"
+        at = bounded.rfind(f"/{tag}/")
+        if at >= 0 and at + len(tag) + 2 < len(bounded):
+            return prefix
+        # torch: the last directory is "<main_tag with / replaced by _>_<series>"
+        parent, _, last = prefix.rpartition("/")
+        head = tag.replace("/", "_") + "_"
+        if last.startswith(head) and len(last) > len(head):
+            key = f"{tag}/{last[len(head):]}"
+            return f"{parent}/{key}" if parent else key
+    return f"{prefix}/{tag}"
 
 
 def group_rows(events: Iterable[tuple[str, Event]], first_seq: int) -> list[Row]:
@@ -82,7 +137,7 @@ def group_rows(events: Iterable[tuple[str, Event]], first_seq: int) -> list[Row]
             continue
         row = latest.get(ev.step)
         for tag, value in ev.values:
-            key = f"{prefix}/{tag}" if prefix else tag
+            key = join_key(prefix, tag) if prefix else tag
             if row is None or key in row.values:
                 row = Row(0, ev.step, ev.wall_time, {})
                 rows.append(row)

@@ -48,7 +48,101 @@ class ImageBatch:
     images: tuple[Image, ...]
 
 
-Value = Union[float, Histogram, Image, ImageBatch]
+@dataclass(frozen=True, slots=True)
+class Video:
+    """An encoded clip (GIF, as tensorboardX/torch ``add_video`` store it in an image summary)."""
+
+    encoded: bytes
+    format: str = "gif"
+    width: int = 0
+    height: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Text:
+    """A string tensor (``add_text``, ``tf.summary.text``): 0-D, 1-D or 2-D, row-major.
+
+    ``shape`` is the tensor's shape; ``strings`` holds every element (UTF-8 decoded, undecodable
+    bytes replaced). TensorBoard renders each element as markdown and a 2-D tensor as a table.
+    """
+
+    strings: tuple[str, ...]
+    shape: tuple[int, ...] = ()
+
+    def rows(self) -> list[list[str]]:
+        """The elements as table rows: one row per element for 0-D/1-D, one per row for 2-D+."""
+        if len(self.shape) < 2:
+            return [[s] for s in self.strings]
+        width = self.shape[-1] or 1
+        return [list(self.strings[i : i + width]) for i in range(0, len(self.strings), width)]
+
+
+@dataclass(frozen=True, slots=True)
+class Audio:
+    """One encoded clip (WAV as every common writer stores it), with what the event says of it."""
+
+    encoded: bytes
+    sample_rate: float = 0.0
+    content_type: str = "audio/wav"
+    label: str = ""  # TF2 audio summaries carry a markdown label per clip
+    frames: int = 0  # 0: unknown
+    channels: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class AudioBatch:
+    """Several clips logged under one tag at one step (TF2 audio summaries, TF1 ``x/audio/N``)."""
+
+    clips: tuple[Audio, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class PRCurve:
+    """A precision-recall curve as the pr_curves plugin stores it: one entry per threshold.
+
+    Threshold ``i`` of ``n`` is ``i / (n - 1)`` (the plugin's convention).
+    """
+
+    true_positives: tuple[float, ...]
+    false_positives: tuple[float, ...]
+    true_negatives: tuple[float, ...]
+    false_negatives: tuple[float, ...]
+    precision: tuple[float, ...]
+    recall: tuple[float, ...]
+
+    @property
+    def thresholds(self) -> tuple[float, ...]:
+        n = len(self.precision)
+        return tuple(i / (n - 1) for i in range(n)) if n > 1 else (0.0,) * n
+
+
+@dataclass(frozen=True, slots=True)
+class HParams:
+    """Hyperparameters of one session (hparams plugin ``session_start_info``): run config.
+
+    ``values`` are (name, value) pairs in name order; a value is a float, str, bool, None, or a
+    list/dict of those (``google.protobuf.Value``). Their metrics arrive as ordinary scalars.
+    """
+
+    values: tuple[tuple[str, object], ...]
+
+    def as_dict(self) -> dict[str, object]:
+        return dict(self.values)
+
+
+@dataclass(frozen=True, slots=True)
+class RunFile:
+    """Something kept as a file of the run rather than as history (graphs, model configs, ...).
+
+    The backend names it after the value's key plus ``suffix`` (e.g. ``graph`` + ``.pbtxt``).
+    """
+
+    content: bytes
+    suffix: str = ""
+    description: str = ""
+
+
+Value = Union[float, Histogram, Image, ImageBatch, Video, Text, Audio, AudioBatch, PRCurve, HParams, RunFile]
 
 
 @dataclass(slots=True)

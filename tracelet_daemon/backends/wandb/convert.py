@@ -3,21 +3,47 @@
 A row splits three ways: history values (``run.log``), run config updates (hyperparameters) and
 files to attach to the run. Adding a type means one branch in ``to_wandb`` (or a new ``Value``
 kind routed to config/files in ``convert_row``); the sink never changes.
+
+History keys (docs/data-types.md has the full table):
+
+* scalar, histogram, image(s), video, audio: the key itself;
+* text: the key (``add_text``'s ``/text_summary`` suffix is already gone), a ``wandb.Table``
+  with columns ``global_step`` and ``text`` (``text_0``, ``text_1``, ... for 2-D text);
+* PR curve: a line chart ``<key>`` whose data W&B stores as the table ``<key>_table``;
+* hparams: run config, no history key; graphs and model configs: files ``tensorboard/<key><ext>``.
 """
 
 from __future__ import annotations
 
+import atexit
+import hashlib
 import io
 import math
+import os
+import re
+import shutil
+import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from ...values import Histogram, Image, ImageBatch, Row, Value
+from ...values import (Audio, AudioBatch, HParams, Histogram, Image, ImageBatch, PRCurve, Row, RunFile,
+                       Text, Value, Video)
 
 MAX_HIST_BINS = 512
 STEP_KEY = "global_step"
 RESERVED = frozenset({STEP_KEY, "_step", "_runtime", "_timestamp"})
 _DBL_MAX = 1.7976931348623157e308
+FILES_DIR = "tensorboard"  # run files (graphs, model configs) go under files/tensorboard/
+
+# W&B stores a table logged under `key` in an artifact named "run-<run id>-<key>" (characters
+# outside [A-Za-z0-9_.-] dropped, plus a 7-character suffix if any were) and refuses names longer
+# than 128. Run ids here are at most 51 characters (runs.make_run_id), so keys of tables keep at
+# most this many such characters; longer ones are shortened with a hash (and a warning).
+MAX_TABLE_KEY = 60
+_ARTIFACT_UNSAFE = re.compile(r"[^a-zA-Z0-9_\-.]+")
+_FILE_UNSAFE = re.compile(r"[^A-Za-z0-9._/-]+")
+PR_COLUMNS = ["threshold", "precision", "recall", "true_positives", "false_positives",
+              "true_negatives", "false_negatives"]
 
 
 @dataclass
@@ -34,6 +60,24 @@ def safe_key(key: str) -> str:
     return f"tb/{key}" if key in RESERVED else key
 
 
+def table_key(key: str, suffix: str = "") -> str:
+    """`key` shortened (prefix + hash) if W&B could not name the table artifact of `key + suffix`."""
+    if len(_ARTIFACT_UNSAFE.sub("", key + suffix)) <= MAX_TABLE_KEY:
+        return key
+    digest = hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()[:8]
+    keep = MAX_TABLE_KEY - len(suffix) - len(digest) - 1
+    return f"{key[:keep]}~{digest}"
+
+
+def file_name(key: str, suffix: str, step: int) -> str:
+    """Where a RunFile of `key` goes under the run's files/: ``tensorboard/<key>[.step<N>]<suffix>``."""
+    parts = [p for p in _FILE_UNSAFE.sub("_", key).split("/") if p and p not in (".", "..")]
+    name = "/".join(parts) or "value"
+    if step:
+        name += f".step{step}"
+    return f"{FILES_DIR}/{name}{suffix}"
+
+
 def _finite(x: float) -> float:
     if math.isnan(x):
         return 0.0
@@ -48,7 +92,62 @@ def _pil(img: Image):
     return pic
 
 
-def to_wandb(value: Value):
+_media_dir: str | None = None
+
+
+def _media_file(content: bytes, ext: str) -> str:
+    """A private temporary file W&B moves into the run when the row is logged."""
+    global _media_dir
+    if _media_dir is None or not os.path.isdir(_media_dir):
+        _media_dir = tempfile.mkdtemp(prefix="tracelet-media-")
+        atexit.register(shutil.rmtree, _media_dir, ignore_errors=True)
+    fd, path = tempfile.mkstemp(suffix=ext, dir=_media_dir)
+    with os.fdopen(fd, "wb") as f:
+        f.write(content)
+    return path
+
+
+def _audio(clip: Audio):
+    import wandb
+
+    ext = ".wav" if clip.content_type in ("", "audio/wav", "audio/x-wav") else ".ogg"
+    path = _media_file(clip.encoded, ext)
+    out = wandb.Audio(path, sample_rate=int(clip.sample_rate) or None, caption=clip.label or None)
+    out._set_file(path, is_tmp=True)  # moved (not copied) into the run: no temp files pile up
+    if clip.sample_rate and clip.frames:
+        out._duration = clip.frames / clip.sample_rate
+    return out
+
+
+def _have_soundfile() -> bool:
+    # wandb refuses lists of wandb.Audio without the soundfile package (it does not use it)
+    try:
+        import soundfile  # noqa: F401
+    except Exception:  # noqa: BLE001 - absent or its native library missing
+        return False
+    return True
+
+
+def _text_table(value: Text, step: int):
+    import wandb
+
+    rows = value.rows()
+    width = max((len(r) for r in rows), default=1)
+    columns = [STEP_KEY] + (["text"] if width == 1 else [f"text_{i}" for i in range(width)])
+    return wandb.Table(columns=columns, data=[[step, *r] for r in rows])
+
+
+def _pr_chart(value: PRCurve, title: str):
+    import wandb
+
+    data = [list(r) for r in zip(value.thresholds, value.precision, value.recall, value.true_positives,
+                                  value.false_positives, value.true_negatives, value.false_negatives)]
+    table = wandb.Table(columns=PR_COLUMNS, data=data)
+    return wandb.plot_table("wandb/line/v0", table, {"x": "recall", "y": "precision"},
+                            {"title": f"{title} (precision vs recall)"})
+
+
+def to_wandb(value: Value, step: int = 0, key: str = ""):
     """A typed history value as the object ``run.log`` takes."""
     import wandb
 
@@ -61,6 +160,16 @@ def to_wandb(value: Value):
         return wandb.Image(_pil(value))
     if isinstance(value, ImageBatch):
         return [wandb.Image(_pil(i)) for i in value.images]
+    if isinstance(value, Video):
+        return wandb.Video(io.BytesIO(value.encoded), format=value.format)
+    if isinstance(value, Audio):
+        return _audio(value)
+    if isinstance(value, AudioBatch):
+        return [_audio(c) for c in value.clips]
+    if isinstance(value, Text):
+        return _text_table(value, step)
+    if isinstance(value, PRCurve):
+        return _pr_chart(value, key)
     raise TypeError(f"no W&B form for {type(value).__name__}")
 
 
@@ -71,13 +180,39 @@ def convert_row(row: Row, warn: Callable[[str, str], None]) -> Converted:
     """
     out = Converted()
     for key, value in row.values.items():
+        if isinstance(value, HParams):
+            out.config.update(value.as_dict())
+            continue
+        if isinstance(value, RunFile):
+            out.files.append((file_name(key, value.suffix, row.step), value.content))
+            continue
         if key in RESERVED:
             warn("reserved:" + key, f"tag {key!r} is a W&B name; logged as 'tb/{key}'")
-        try:
-            out.history[safe_key(key)] = to_wandb(value)
-        except Exception as exc:  # noqa: BLE001 - one bad value must not sink the row
-            warn(key, f"value of {key!r} at step {row.step} not sent: {exc}")
+        name = safe_key(key)
+        if isinstance(value, (Text, PRCurve)):
+            short = table_key(name, "_table" if isinstance(value, PRCurve) else "")
+            if short != name:
+                warn("long:" + key, f"tag {key!r} is too long for a W&B table name; logged as {short!r}")
+                name = short
+        if isinstance(value, Histogram) and not all(map(math.isfinite, (value.edges[0], value.edges[-1]))):
+            warn("inf:" + key, f"histogram {key!r} has non-finite bounds (first at step {row.step}); "
+                 "+-inf become +-1.8e308 and NaN 0 in W&B")
+        if isinstance(value, AudioBatch) and not _have_soundfile():
+            warn("soundfile:" + key, f"{len(value.clips)} clips of {key!r} per step are logged as "
+                 f"'{name}/0', '{name}/1', ...: W&B logs lists of audio only with the soundfile package")
+            for i, clip in enumerate(value.clips):
+                _put(out, f"{name}/{i}", clip, row, key, warn)
+            continue
+        _put(out, name, value, row, key, warn)
     return out
+
+
+def _put(out: Converted, name: str, value: Value, row: Row, key: str,
+         warn: Callable[[str, str], None]) -> None:
+    try:
+        out.history[name] = to_wandb(value, row.step, name)
+    except Exception as exc:  # noqa: BLE001 - one bad value must not sink the row
+        warn(key, f"value of {key!r} at step {row.step} not sent: {exc}")
 
 
 def finite_edges(edges: Sequence[float]) -> list[float]:

@@ -45,6 +45,10 @@ def prepare_environment(state_dir: str, env: MutableMapping[str, str] = os.envir
 
     Returns the directory that will hold ``wandb/offline-run-*`` folders.
     """
+    # An inherited WANDB_SERVICE would connect us to another process's wandb-core: our runs and
+    # buffered rows would outlive us there, so a crash of tracelet would not be a crash of its
+    # W&B writer and the replica could change after we recomputed our position from it.
+    env.pop("WANDB_SERVICE", None)
     env.setdefault("WANDB_DIR", state_dir)
     env.setdefault("WANDB_CACHE_DIR", os.path.join(state_dir, "wandb-cache"))
     env.setdefault("WANDB_DATA_DIR", os.path.join(state_dir, "wandb-data"))

@@ -49,6 +49,7 @@ class WandbRunSink(RunSink):
         settings = wandb.Settings(**LEAN_SETTINGS, init_timeout=backend.init_timeout)
         md = spec.metadata or RunMetadata()
         self._group, self._job_type = md.group, md.job_type
+        self._meta_config_keys = set(md.config)  # run metadata wins over hparams found in events
         try:
             self.run = wandb.init(
                 id=spec.run_id,
@@ -99,8 +100,9 @@ class WandbRunSink(RunSink):
             if row.seq <= self._last_written:
                 continue  # W&B already has it (or would drop it as an old step)
             converted = convert_row(row, lambda key, msg: self._warn_once(key, f"{self.spec.name}: {msg}"))
-            if converted.config:
-                self.run.config.update(converted.config, allow_val_change=True)
+            config = {k: v for k, v in converted.config.items() if k not in self._meta_config_keys}
+            if config:
+                self.run.config.update(config, allow_val_change=True)
             for name, content in converted.files:
                 self._save_file(name, content)
             data = converted.history
@@ -134,6 +136,7 @@ class WandbRunSink(RunSink):
         return txlog.last_checkpoint(self._earlier, self._durable)
 
     def update_metadata(self, metadata: RunMetadata) -> None:
+        self._meta_config_keys |= set(metadata.config)
         try:
             if metadata.config:
                 self.run.config.update(metadata.config, allow_val_change=True)
