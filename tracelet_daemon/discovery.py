@@ -11,10 +11,14 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import warnings
 
 from .runs import is_event_file
 
 log = logging.getLogger("tracelet.discovery")
+# watchdog re-registers a directory renamed inside the tree (an artifact published by the shim)
+# and warns about it on stderr; the watch it keeps is the right one
+warnings.filterwarnings("ignore", message="Callback with id", category=RuntimeWarning)
 
 
 def scan(root: str, warned: set[str] | None = None) -> list[str]:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import threading
 import time
 import zlib
@@ -31,7 +32,7 @@ from .backends.base import Backend, RunSink, RunSpec
 from .errors import BackendError, ReaderError
 from .events import UndecodableEvent, decode_event
 from .metadata import (MetadataError, RunMetadata, artifact_dirs, fingerprint, has_metadata,
-                       load_artifact, load_run_metadata)
+                       load_artifact, load_run_metadata, uploader_of)
 from .records import read_batch
 from .runs import RunRef, group_rows, locate, run_ref
 from .state import FileRecord, RunRecord, StateStore
@@ -49,6 +50,17 @@ class Options:
     use_inotify: bool = True
     retry_max: float = 60.0  # cap of the exponential backoff after a backend failure
     forget_after: float = 600.0  # a file or run directory gone this long leaves the state
+    max_open_runs: int = 64  # watch: idle runs beyond this are finished, resumed on new data
+    status_interval: float = 2.0  # seconds between status.json snapshots in watch
+    only_runs: frozenset[str] | None = None  # run keys this engine may touch (parallel upload)
+    # the tracelet shim (issue 4): who this engine is for run.json's "uploader" (runs naming another
+    # uploader are skipped), whether it writes status.json (a sidecar's status is also how the shim
+    # detects it; the in-process engine must not overwrite it) and whether watch() reads every run
+    # to the end of its files before finishing at stop
+    uploader: str = "sidecar"
+    write_status: bool = True
+    drain_on_stop: bool = False
+    single_run: bool = False  # the root is one run directory; deeper directories are key prefixes
 
 
 @dataclass
@@ -107,6 +119,7 @@ class _Worker:
         self.unfolded = 0  # journaled batches not yet folded into offsets
         self.last_event_time = 0.0  # wall time of the newest row sent
         self.last_error = ""
+        self.last_active = 0.0  # monotonic time rows were last sent (for --max-open-runs)
         self.meta_fp = ""  # fingerprint of the metadata last applied (persisted)
         self.applied_artifacts: set[str] = set()
         self.writer_finished = False  # the writer's run.json says it is done
@@ -193,10 +206,12 @@ class Engine:
         keys = set()
         for path in paths:
             try:
-                run_rel, prefix = locate(self.root, path)
+                run_rel, prefix = self._locate(path)
             except ValueError:
                 continue
             ref = run_ref(self.root, run_rel)
+            if self.options.only_runs is not None and ref.key not in self.options.only_runs:
+                continue
             worker = self._workers.get(ref.key)
             if worker is None:
                 worker = self._load_worker(ref)
@@ -204,6 +219,13 @@ class Engine:
                 worker.cursors[path] = _Cursor(FileRecord(path, ref.key, prefix))
             keys.add(ref.key)
         return keys
+
+    def _locate(self, path: str) -> tuple[str, str]:
+        """locate(), or with Options.single_run every directory below the root as a key prefix."""
+        run_rel, prefix = locate(self.root, path)
+        if self.options.single_run and run_rel:
+            return "", f"{run_rel}/{prefix}" if prefix else run_rel
+        return run_rel, prefix
 
     def _load_worker(self, ref: RunRef) -> _Worker:
         worker = _Worker(ref)
@@ -224,14 +246,30 @@ class Engine:
         found = discovery.scan(self.root, self._warned_dirs)
         keys = self.register(found)
         self._forget_vanished(set(found))
-        for run_rel in discovery.run_dirs(self.root):
+        for run_rel in ([""] if self.options.single_run else discovery.run_dirs(self.root)):
             directory = os.path.join(self.root, run_rel) if run_rel else self.root
             if has_metadata(directory) or os.path.isdir(os.path.join(directory, ".tracelet")):
                 ref = run_ref(self.root, run_rel)
+                if self.options.only_runs is not None and ref.key not in self.options.only_runs:
+                    continue
                 if ref.key not in self._workers:
                     self._load_worker(ref)
                 keys.add(ref.key)
         return keys
+
+    def pending_runs(self) -> dict[str, int]:
+        """Runs that need work now, with their backlog in bytes (for planning parallel replay)."""
+        out = {}
+        for key, w in self._workers.items():
+            if self._needs_open(w):
+                backlog = 0
+                for c in w.cursors.values():
+                    try:
+                        backlog += max(0, os.stat(c.path).st_size - c.offset)
+                    except OSError:
+                        pass
+                out[key] = backlog + 1
+        return out
 
     def backlog_bytes(self) -> int:
         total = 0
@@ -281,6 +319,9 @@ class Engine:
                 self._replay(w, batch, durable)
         w.journal_pending = False
         self.report.runs += 1
+        if os.path.isfile(os.path.join(w.ref.directory, "projector_config.pbtxt")):
+            log.info("%s: TensorBoard projector data (add_embedding) is not replayed; it stays in %s",
+                     w.ref.name, w.ref.directory)
         self._apply_metadata(w, opened_with=md)
         if durable >= 0:
             log.info("%s: run %s resumed at %s after row #%d", w.ref.name, rec.run_id, rec.location, durable)
@@ -312,7 +353,7 @@ class Engine:
         events: list[tuple[str, Event]] = []
         try:
             for path, start, end in batch.ranges:
-                cursor = w.cursors.get(path) or _Cursor(FileRecord(path, w.ref.key, locate(self.root, path)[1]))
+                cursor = w.cursors.get(path) or _Cursor(FileRecord(path, w.ref.key, self._locate(path)[1]))
                 events.extend(self._decode(w, cursor, read_batch(path, start, end=end).records, count=False))
         except (OSError, ReaderError) as exc:
             log.error("%s: cannot replay rows #%d-#%d (%s); they are lost", w.ref.name, batch.seq_first, batch.seq_last, exc)
@@ -349,7 +390,8 @@ class Engine:
                 continue
             for tag, kind in ev.skipped:
                 self._say_once(w, f"skip:{prefix}/{tag}:{kind}", logging.INFO,
-                               "%s: tag %r (%s) is not supported yet; skipped", w.ref.name, tag, kind)
+                               "%s: tag %r (%s) is not replayed (see docs/data-types.md); skipped",
+                               w.ref.name, tag, kind)
             out.append((prefix, ev) if ends is None else (ends[i], prefix, ev))
         return out
 
@@ -488,6 +530,7 @@ class Engine:
         w.unfolded += 1
         w.next_seq = seq_last + 1
         if rows:
+            w.last_active = time.monotonic()
             w.sink.write(rows)
             w.sink.checkpoint(seq_last, {os.path.relpath(p, w.ref.directory): c.offset
                                          for p, c in w.cursors.items()})
@@ -541,7 +584,12 @@ class Engine:
         if fp == w.meta_fp and opened_with is None:
             return
         md = opened_with if opened_with is not None else self._metadata(w)
-        if md is not None and opened_with is None:
+        if opened_with is not None:  # it was read before the (slow) open: changed since?
+            current = self._metadata(w)
+            if current is not None and current != opened_with:
+                md = current
+                w.sink.update_metadata(md)
+        elif md is not None:
             w.sink.update_metadata(md)
         for directory in artifact_dirs(w.ref.directory):
             aid = os.path.basename(directory)
@@ -563,7 +611,16 @@ class Engine:
         w.writer_finished = bool(md and md.finished)
 
     def _needs_open(self, w: _Worker) -> bool:
-        return w.has_data() or self._meta_pending(w)
+        return (w.has_data() or self._meta_pending(w)) and self._ours(w)
+
+    def _ours(self, w: _Worker) -> bool:
+        """False if the run's run.json names another uploader (e.g. the in-process shim's engine)."""
+        owner = uploader_of(w.ref.directory)
+        if owner is not None and owner != self.options.uploader:
+            self._say_once(w, "uploader:" + owner, logging.INFO, "%s: its run.json says it is uploaded"
+                           " by %r, not by this %s engine; skipped", w.ref.name, owner, self.options.uploader)
+            return False
+        return True
 
     # -- run lifecycle ---------------------------------------------------------------------
     def _drain(self, w: _Worker, stop: threading.Event | None = None) -> bool:
@@ -653,6 +710,18 @@ class Engine:
         self.write_status()
         return self.report
 
+    def _limit_open_runs(self) -> None:
+        """Finish the least recently active runs beyond `max_open_runs` (each open W&B run costs
+        memory in wandb-core); a finished run is resumed, with no loss, when new data arrives."""
+        limit = self.options.max_open_runs
+        open_runs = [w for w in self._workers.values() if w.sink is not None]
+        if limit <= 0 or len(open_runs) <= limit:
+            return
+        open_runs.sort(key=lambda w: w.last_active)
+        for w in open_runs[: len(open_runs) - limit]:
+            log.info("%s: idle; finishing it to stay within %d open runs", w.ref.name, limit)
+            self.finish(w)
+
     # -- status ----------------------------------------------------------------------------
     def status(self) -> dict:
         """A JSON-able snapshot for `tracelet status`, health probes and metrics."""
@@ -676,7 +745,8 @@ class Engine:
             })
         lags = sorted(self.lag_samples)
         return {
-            "version": 1, "pid": os.getpid(), "root": self.root, "backend": self.backend.name,
+            "version": 1, "pid": os.getpid(), "host": socket.gethostname(), "root": self.root,
+            "backend": self.backend.name, "uploader": self.options.uploader, "live": self.live,
             "started": self.started, "heartbeat": time.time(),
             "totals": {
                 "runs": len(self._workers), "open_runs": sum(1 for w in self._workers.values() if w.sink),
@@ -694,6 +764,8 @@ class Engine:
         }
 
     def write_status(self) -> None:
+        if not self.options.write_status:
+            return
         try:
             write_json_atomic(self.status_path, self.status())
         except (OSError, ValueError) as exc:
@@ -730,12 +802,13 @@ class Engine:
                 for w in self._workers.values():
                     if w.sink is not None:
                         self._ack(w, force=True)
-                        if w.writer_finished and not w.has_data():
+                        if w.writer_finished and not w.has_data() and not self._register_unseen(w):
                             log.info("%s: the writer finished the run; finishing it", w.ref.name)
                             self.finish(w)
+                self._limit_open_runs()
                 if time.monotonic() >= next_status:
                     self.write_status()
-                    next_status = time.monotonic() + self.options.ack_interval
+                    next_status = time.monotonic() + self.options.status_interval
                     if on_tick is not None:
                         on_tick(self)
                 timeout = max(0.05, min(next_scan - time.monotonic(), self.options.ack_interval))
@@ -751,6 +824,27 @@ class Engine:
                         self._drain(w, stop)
         finally:
             watcher.stop()
+            if self.options.drain_on_stop:
+                self._final_drain()
             self.close()
             self.write_status()
         return self.report
+
+    def _register_unseen(self, w: _Worker) -> bool:
+        """Follow event files of `w` that no rescan has seen yet; True if there were any.
+
+        Checked before finishing a run whose writer says it is done: its last file may have
+        appeared after the last rescan, and finishing first would reopen the run right away.
+        """
+        unseen = [p for p in discovery.scan(w.ref.directory, self._warned_dirs) if p not in w.cursors]
+        if unseen:
+            self.register(unseen)
+        return bool(unseen)
+
+    def _final_drain(self) -> None:
+        """Read every run to the end of its files and apply its metadata (the in-process shim)."""
+        self.rescan()
+        for key in sorted(self._workers):
+            w = self._workers[key]
+            if w.sink is not None or self._needs_open(w):
+                self._drain(w)

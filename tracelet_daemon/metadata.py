@@ -5,7 +5,7 @@ directory, so a sidecar with no shared memory and no credentials in the trainer 
 
     <run dir>/.tracelet/run.json                    {"format": "tracelet.run/1", "name", "project",
                                                      "entity", "tags", "notes", "group", "job_type",
-                                                     "config", "run_id", "finished"}
+                                                     "config", "run_id", "finished", "uploader"}
     <run dir>/.tracelet/artifacts/<id>/manifest.json {"format": "tracelet.artifact/1", "name",
                                                      "type", "description", "metadata", "aliases",
                                                      "files": [{"path": "files/x", "name": "x"}]}
@@ -14,6 +14,12 @@ directory, so a sidecar with no shared memory and no credentials in the trainer 
 Writers replace run.json atomically (temp file + rename) and publish an artifact by renaming its
 finished directory into ``artifacts/``, so readers never see half a request. Everything read
 here is untrusted: names are checked and paths cannot leave the run directory.
+
+``uploader`` (optional) names who replays the run: ``"sidecar"`` (a ``tracelet watch``/``upload``),
+``"in-process"`` (the ``tracelet`` shim's own engine inside the training process) or ``"none"``.
+An engine skips a run whose run.json names another uploader than its own, so a run is never
+sent twice by two engines with two state stores. The writer side is ``tracelet/_protocol.py``;
+every field is documented in docs/python-api.md.
 """
 
 from __future__ import annotations
@@ -34,7 +40,7 @@ ARTIFACT_FORMAT = "tracelet.artifact/1"
 LIGHTNING_HPARAMS = "hparams.yaml"
 _MAX_FILE = 16 << 20  # a metadata file larger than this is not metadata
 _ARTIFACT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
-_STR_FIELDS = ("name", "project", "entity", "notes", "group", "job_type", "run_id")
+_STR_FIELDS = ("name", "project", "entity", "notes", "group", "job_type", "run_id", "uploader")
 
 
 class MetadataError(ValueError):
@@ -53,6 +59,7 @@ class RunMetadata:
     tags: tuple[str, ...] = ()
     config: dict[str, object] = field(default_factory=dict)
     finished: bool = False
+    uploader: str | None = None  # "sidecar", "in-process", "none"; None: any engine
 
 
 @dataclass(frozen=True)
@@ -136,6 +143,11 @@ def _lightning_hparams(run_dir: str) -> dict[str, object]:
     if not isinstance(data, dict):
         raise MetadataError(f"{path}: not a mapping")
     return {str(k): v for k, v in data.items()}
+
+
+def read_lightning_hparams(directory: str) -> dict[str, object]:
+    """``<directory>/hparams.yaml`` as a mapping ({} if absent); raises MetadataError if unusable."""
+    return _lightning_hparams(directory)
 
 
 def _lenient_loader():
@@ -231,3 +243,34 @@ def artifact_dirs(run_dir: str) -> list[str]:
     except OSError:
         return []
     return [os.path.join(base, n) for n in names if os.path.isdir(os.path.join(base, n))]
+
+
+_UPLOADER_CACHE: dict[str, tuple[tuple, str | None]] = {}
+
+
+def uploader_of(run_dir: str) -> str | None:
+    """The ``uploader`` a run's run.json names (None: none named, or no usable run.json).
+
+    Cheap enough to ask on every rescan: the parsed value is cached by the file's identity.
+    """
+    path = run_file(run_dir)
+    try:
+        st = os.stat(path)
+    except OSError:
+        _UPLOADER_CACHE.pop(path, None)
+        return None
+    ident = (st.st_ino, st.st_mtime_ns, st.st_size)
+    cached = _UPLOADER_CACHE.get(path)
+    if cached is not None and cached[0] == ident:
+        return cached[1]
+    try:
+        value = _read_json(path).get("uploader")
+    except MetadataError:
+        value = None
+    value = value if isinstance(value, str) and value else None
+    if len(_UPLOADER_CACHE) > 4096:
+        _UPLOADER_CACHE.clear()
+    _UPLOADER_CACHE[path] = (ident, value)
+    return value
+
+
