@@ -28,7 +28,7 @@ def test_every_value_lands_exactly_once(runs_root, state_dir, wandb_env, writer)
     cls = writer_class(writer)
     write_run(cls, runs_root / "exp1", steps=150, seed=1)
     write_run(cls, runs_root / "exp2", steps=120, tags=("loss",), seed=2)
-    assert upload(runs_root, state_dir) == 0
+    assert upload(runs_root, state_dir, "--jobs", "2") == 0  # two worker processes, one run each
     for run in ("exp1", "exp2"):
         rows = assert_exactly_once(runs_root, wandb_env["WANDB_DIR"], run)
         assert any("eval/loss" in r for r in rows)  # deeper directories become key prefixes

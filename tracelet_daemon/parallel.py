@@ -13,12 +13,38 @@ import logging
 import multiprocessing
 import os
 import queue as queue_mod
+import signal
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 
 from .engine import Engine, Options, Report
 
 log = logging.getLogger("tracelet.parallel")
+
+# Below this backlog the ~2 s of starting workers (each imports wandb and starts a wandb-core)
+# costs more than it saves, unless --jobs asks for workers explicitly.
+PARALLEL_MIN_BYTES = 16 << 20
+
+
+_progress_queue = None  # set in each worker process by _init_worker (a multiprocessing queue)
+
+
+def _init_worker(parent_pid: int, progress) -> None:
+    """Runs first in each worker: die with the parent, and keep the progress queue.
+
+    A worker must not outlive its parent: an orphan would race the restarted upload. A queue can
+    only reach a worker when the process starts, hence this initializer.
+    """
+    global _progress_queue  # noqa: PLW0603 - per worker process, set once
+    _progress_queue = progress
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGKILL))  # PR_SET_PDEATHSIG (Linux)
+    except Exception:  # noqa: BLE001 - elsewhere the progress callback checks the parent instead
+        pass
+    if os.getppid() != parent_pid:
+        os._exit(1)
 
 
 def plan(sizes: dict[str, int], jobs: int) -> list[frozenset[str]]:
@@ -48,7 +74,7 @@ def merge(reports: list[Report]) -> Report:
 
 
 def _worker(root: str, backend: str, backend_options: dict, state_dir: str, options: Options,
-            log_level: int, progress) -> Report:
+            log_level: int, parent_pid: int) -> Report:
     logging.basicConfig(level=log_level, format="%(asctime)s %(levelname)-7s %(message)s", force=True)
     os.environ.pop("WANDB_SERVICE", None)  # each worker owns its wandb-core (see mode.prepare_environment)
     from . import backends
@@ -56,8 +82,14 @@ def _worker(root: str, backend: str, backend_options: dict, state_dir: str, opti
 
     store = StateStore(state_dir)
     be = backends.create(backend, **backend_options)
+    def on_progress(n: int) -> None:
+        if os.getppid() != parent_pid:
+            os._exit(1)  # the parent is gone (no PR_SET_PDEATHSIG here)
+        if _progress_queue is not None:
+            _progress_queue.put(n)
+
     engine = Engine(root, be, store, options, project=backend_options.get("project"),
-                    entity=backend_options.get("entity"), on_progress=progress.put if progress else None)
+                    entity=backend_options.get("entity"), on_progress=on_progress)
     try:
         return engine.upload()
     finally:
@@ -66,28 +98,31 @@ def _worker(root: str, backend: str, backend_options: dict, state_dir: str, opti
 
 
 def upload_parallel(engine: Engine, jobs: int, backend: str, backend_options: dict,
-                    on_progress: Callable[[int], None] | None = None) -> Report:
-    """Upload what `engine` found under its root with up to `jobs` worker processes."""
+                    on_progress: Callable[[int], None] | None = None, *, force: bool = True) -> Report:
+    """Upload what `engine` found under its root with up to `jobs` worker processes.
+
+    Without `force`, a backlog under PARALLEL_MIN_BYTES is replayed in this process.
+    """
     engine.rescan()
     sizes = engine.pending_runs()
     shares = plan(sizes, min(jobs, len(sizes)))
-    if len(shares) <= 1:
+    if len(shares) <= 1 or (not force and sum(sizes.values()) < PARALLEL_MIN_BYTES):
         return engine.upload()
     log.info("replaying %d run(s) in %d worker processes", len(sizes), len(shares))
     ctx = multiprocessing.get_context("spawn")
-    with ctx.Manager() as manager:
-        progress = manager.Queue() if on_progress else None
-        with ProcessPoolExecutor(max_workers=len(shares), mp_context=ctx) as pool:
-            futures = [
-                pool.submit(_worker, engine.root, backend, backend_options, engine.store.state_dir,
-                            dataclasses.replace(engine.options, only_runs=share),
-                            logging.getLogger().level, progress)
-                for share in shares
-            ]
-            while not all(f.done() for f in futures):
-                _pump(progress, on_progress, timeout=0.2)
-            _pump(progress, on_progress, timeout=0)
-            reports = [f.result() for f in futures]
+    progress = ctx.Queue() if on_progress else None
+    with ProcessPoolExecutor(max_workers=len(shares), mp_context=ctx, initializer=_init_worker,
+                             initargs=(os.getpid(), progress)) as pool:
+        futures = [
+            pool.submit(_worker, engine.root, backend, backend_options, engine.store.state_dir,
+                        dataclasses.replace(engine.options, only_runs=share),
+                        logging.getLogger().level, os.getpid())
+            for share in shares
+        ]
+        while not all(f.done() for f in futures):
+            _pump(progress, on_progress, timeout=0.2)
+        _pump(progress, on_progress, timeout=0)
+        reports = [f.result() for f in futures]
     report = merge(reports)
     engine.report = report
     engine.write_status()

@@ -14,7 +14,9 @@ except ImportError:  # pragma: no cover
 
 from .._version import __version__
 from ..errors import TraceletError, UsageError
+from .health import health
 from .inspect import inspect
+from .status import status
 from .upload import upload
 from .watch import watch
 
@@ -28,6 +30,8 @@ app = typer.Typer(
 app.command()(watch)
 app.command()(upload)
 app.command()(inspect)
+app.command()(status)
+app.command()(health)
 
 
 def _version(value: bool) -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import os
-import sys
 from dataclasses import dataclass
 from typing import Annotated, Optional
 
@@ -13,7 +12,12 @@ import typer
 from .. import backends
 from ..engine import Engine, Options
 from ..errors import StateError, UsageError
+from ..logsetup import setup_logging
+from ..secrets import load_api_key
 from ..state import StateStore, default_state_dir
+
+__all__ = ["setup_logging"]  # re-exported: commands import it from here
+log = logging.getLogger("tracelet")
 
 BackendOpt = Annotated[str, typer.Option("--backend", "-b", help="Where to send data.")]
 ProjectOpt = Annotated[Optional[str], typer.Option(help="W&B project (default: $WANDB_PROJECT or 'tracelet').")]
@@ -22,20 +26,11 @@ ModeOpt = Annotated[Optional[str], typer.Option(
     help="online, offline or disabled (default: $WANDB_MODE; else online only if an API key is set).")]
 StateDirOpt = Annotated[Optional[str], typer.Option(
     "--state-dir", help="Where offsets and run ids live (default: $TRACELET_STATE_DIR or ~/.local/state/tracelet).")]
-LogLevelOpt = Annotated[str, typer.Option(help="debug, info, warning or error.")]
+LogLevelOpt = Annotated[str, typer.Option(envvar="TRACELET_LOG_LEVEL", help="debug, info, warning or error.")]
+LogFormatOpt = Annotated[str, typer.Option(
+    envvar="TRACELET_LOG_FORMAT", help="text (for people) or json (one object per line, for log shippers).")]
 BatchBytesOpt = Annotated[int, typer.Option(
     "--max-batch-bytes", min=1024, help="Bytes read per run before rows are journaled and sent.")]
-
-
-def setup_logging(level: str) -> None:
-    lvl = getattr(logging, level.upper(), None)
-    if not isinstance(lvl, int):
-        raise UsageError(f"unknown log level {level!r}")
-    logging.basicConfig(
-        level=lvl, stream=sys.stderr, format="%(asctime)s %(levelname)-7s %(message)s", force=True
-    )
-    for noisy in ("watchdog", "wandb"):
-        logging.getLogger(noisy).setLevel(max(lvl, logging.WARNING))
 
 
 def check_root(root: str) -> str:
@@ -62,6 +57,7 @@ class Wiring:
     backend: backends.Backend
     store: StateStore
     state_dir: str
+    key_source: str = ""  # where the W&B API key came from (a variable or a path), "" if none
 
 
 def wire(root: str, backend: str, project: str | None, entity: str | None, mode: str | None,
@@ -70,6 +66,7 @@ def wire(root: str, backend: str, project: str | None, entity: str | None, mode:
     state_path = check_state_dir(state_dir, root)
     if backend not in backends.available():
         raise UsageError(f"unknown backend {backend!r} (available: {', '.join(backends.available())})")
+    key_source = load_api_key()  # before the backend: the key decides online vs offline
     try:
         store = StateStore(state_path)
     except StateError as exc:
@@ -80,16 +77,23 @@ def wire(root: str, backend: str, project: str | None, entity: str | None, mode:
         prepare_environment(state_path)
     be = backends.create(backend, project=project, entity=entity, mode=mode)
     engine = Engine(root, be, store, options, project=project, entity=entity, on_progress=on_progress)
-    return Wiring(engine, be, store, state_path)
+    return Wiring(engine, be, store, state_path, key_source)
 
 
-def print_outcome(w: Wiring) -> None:
+def print_outcome(w: Wiring, as_log: bool = False) -> None:
+    """The closing summary on stderr; `as_log` sends it through logging (JSON logs stay JSON)."""
     rep = w.engine.report
+
+    def say(line: str, level: int = logging.INFO) -> None:
+        if as_log:
+            log.log(level, line)
+        else:
+            typer.echo(f"tracelet: {line}", err=True)
+
     for line in rep.pending_tails:
-        typer.echo(f"tracelet: note: {line}", err=True)
+        say(f"note: {line}")
     for path in rep.quarantined:
-        typer.echo(f"tracelet: error: {path} was not read to the end (see the log above)", err=True)
-    typer.echo(f"tracelet: {rep.rows} row(s) from {rep.runs} run(s), {rep.bytes_read} bytes read;"
-               f" state in {w.state_dir}", err=True)
+        say(f"error: {path} was not read to the end (see the log above)", logging.ERROR)
+    say(f"{rep.rows} row(s) from {rep.runs} run(s), {rep.bytes_read} bytes read; state in {w.state_dir}")
     for line in w.backend.summary():
-        typer.echo(f"tracelet: {line}", err=True)
+        say(line)

@@ -1,4 +1,10 @@
-"""`tracelet watch ROOT`: follow a runs root until SIGINT/SIGTERM."""
+"""`tracelet watch ROOT`: follow a runs root until SIGINT/SIGTERM.
+
+Besides the engine's loop this is where the daemon meets its supervisor: sd_notify (READY,
+WATCHDOG, STATUS, STOPPING) for systemd, the progress record that `tracelet health` reads, the
+Prometheus endpoint, and a bounded drain on SIGTERM so `docker stop`, Kubernetes and systemd
+never have to SIGKILL it.
+"""
 
 from __future__ import annotations
 
@@ -6,28 +12,98 @@ import logging
 import os
 import signal
 import threading
-from typing import Annotated
+import time
+from typing import Annotated, Optional
 
 import typer
 
-from ..engine import Options
-from ._common import (BackendOpt, BatchBytesOpt, EntityOpt, LogLevelOpt, ModeOpt, ProjectOpt, StateDirOpt,
-                      print_outcome, setup_logging, wire)
+from ..engine import Engine, Options
+from ..metrics import MetricsServer, ProgressTracker, write_progress
+from ..notify import Notifier
+from ._common import (BackendOpt, BatchBytesOpt, EntityOpt, LogFormatOpt, LogLevelOpt, ModeOpt, ProjectOpt,
+                      StateDirOpt, print_outcome, setup_logging, wire)
 
 log = logging.getLogger("tracelet")
 
+DRAIN_EXIT_CODE = 1  # the drain bound ran out; state is consistent, the rest is replayed next start
 
-def install_signal_handlers(stop: threading.Event) -> None:
-    """First SIGINT/SIGTERM: drain and exit 0. Second: exit at once (state is transactional)."""
+
+def install_signal_handlers(stop: threading.Event, notifier: Notifier | None = None,
+                            drain_timeout: float = 0.0) -> None:
+    """First SIGINT/SIGTERM: drain and exit 0. Second, or `drain_timeout` seconds later: exit at
+    once (state is transactional: nothing confirmed is lost, nothing unconfirmed is skipped)."""
+
+    def force_exit(reason: str, code: int) -> None:
+        log.error("%s; exiting now (rows not yet confirmed are replayed on the next start)", reason)
+        logging.shutdown()
+        os._exit(code)
 
     def handler(signum, _frame) -> None:  # noqa: ANN001
+        name = signal.Signals(signum).name
         if stop.is_set():
-            os._exit(128 + signum)
-        log.info("%s received: draining (send it again to exit at once)", signal.Signals(signum).name)
+            force_exit(f"second {name}", 128 + signum)
+        bound = f" within {drain_timeout:g}s" if drain_timeout > 0 else ""
+        log.info("%s received: draining%s (send it again to exit at once)", name, bound)
+        if notifier is not None:
+            notifier.stopping(f"{name} received: draining")
         stop.set()
+        if drain_timeout > 0:
+            timer = threading.Timer(drain_timeout, force_exit,
+                                    (f"drain did not finish within {drain_timeout:g}s", DRAIN_EXIT_CODE))
+            timer.daemon = True
+            timer.start()
 
     signal.signal(signal.SIGINT, handler)
     signal.signal(signal.SIGTERM, handler)
+
+
+def _human_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(n) < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} GiB"  # pragma: no cover
+
+
+def status_line(snapshot: dict, behind: int) -> str:
+    """One line for systemd's STATUS= (shown by `systemctl status`)."""
+    t = snapshot.get("totals", {})
+    lag = snapshot.get("lag_seconds", {}).get("p50")
+    lag_text = f", lag p50 {lag:.1f}s" if lag is not None else ""
+    return (f"{t.get('runs', 0)} run(s), {t.get('open_runs', 0)} open, {t.get('rows', 0)} row(s),"
+            f" {_human_bytes(t.get('bytes_read', 0))} read, {_human_bytes(behind)} behind{lag_text}")
+
+
+class Supervision:
+    """What the daemon reports once a second besides its own work.
+
+    Called from the engine's loop (`on_tick`) and, rate-limited, from inside long drains
+    (`on_progress`), so a big backlog keeps the heartbeat and the watchdog going.
+    """
+
+    def __init__(self, state_dir: str, notifier: Notifier, metrics: MetricsServer | None) -> None:
+        self.state_dir = state_dir
+        self.notifier = notifier
+        self.metrics = metrics
+        self.tracker = ProgressTracker()
+        self._last_tick = 0.0
+
+    def tick(self, engine: Engine) -> None:
+        self._last_tick = time.monotonic()
+        snapshot = engine.status()
+        progress = self.tracker.observe(snapshot)
+        try:
+            write_progress(self.state_dir, progress)
+        except (OSError, ValueError) as exc:
+            log.warning("cannot write the progress record in %s: %s", self.state_dir, exc)
+        if self.metrics is not None:
+            self.metrics.update(snapshot, progress)
+        self.notifier.heartbeat(status_line(snapshot, progress["bytes_behind"]))
+
+    def during_drain(self, engine: Engine) -> None:
+        if time.monotonic() - self._last_tick >= 1.0:
+            engine.write_status()
+            self.tick(engine)
 
 
 def watch(
@@ -40,17 +116,48 @@ def watch(
     poll: Annotated[bool, typer.Option(help="No inotify: find changes by periodic rescans only.")] = False,
     rescan_interval: Annotated[float, typer.Option(help="Seconds between full rescans.", min=0.1)] = 5.0,
     max_batch_bytes: BatchBytesOpt = 8 << 20,
+    drain_timeout: Annotated[float, typer.Option(
+        envvar="TRACELET_DRAIN_TIMEOUT", min=0,
+        help="After SIGTERM/SIGINT, seconds to finish open runs before exiting anyway (0: no limit)."
+        " Keep it below the supervisor's grace period (docker stop: 10 s by default).")] = 20.0,
+    max_open_runs: Annotated[int, typer.Option(
+        envvar="TRACELET_MAX_OPEN_RUNS", min=0,
+        help="At most this many W&B runs open at once; idle ones are finished and resumed on new"
+        " data (0: no limit).")] = 64,
+    metrics_port: Annotated[Optional[int], typer.Option(
+        envvar="TRACELET_METRICS_PORT", min=0, max=65535,
+        help="Serve Prometheus metrics on this port (/metrics); off by default.")] = None,
+    metrics_host: Annotated[str, typer.Option(
+        envvar="TRACELET_METRICS_HOST",
+        help="Address the metrics endpoint listens on (0.0.0.0 inside a container).")] = "127.0.0.1",
     log_level: LogLevelOpt = "info",
+    log_format: LogFormatOpt = "text",
 ) -> None:
     """Tail every tfevents file under ROOT and replay it live."""
-    setup_logging(log_level)
-    options = Options(rescan_interval=rescan_interval, use_inotify=not poll, max_batch_bytes=max_batch_bytes)
-    w = wire(root, backend, project, entity, mode, state_dir, options)
+    setup_logging(log_level, log_format)
+    notifier = Notifier()
     stop = threading.Event()
-    install_signal_handlers(stop)
+    install_signal_handlers(stop, notifier, drain_timeout)  # before the slow imports: PID 1 in a container
+    options = Options(rescan_interval=rescan_interval, use_inotify=not poll, max_batch_bytes=max_batch_bytes,
+                      max_open_runs=max_open_runs)
+    w = wire(root, backend, project, entity, mode, state_dir, options)
+    metrics = None
     try:
-        w.engine.watch(stop)
+        if metrics_port is not None:
+            metrics = MetricsServer(metrics_host, metrics_port)
+        supervision = Supervision(w.state_dir, notifier, metrics)
+        w.engine.on_progress = lambda _n: supervision.during_drain(w.engine)
+        log.info("tracelet pid %d: root %s, state %s, backend %s%s, W&B API key %s%s", os.getpid(),
+                 w.engine.root, w.state_dir, backend,
+                 f" ({w.backend.mode})" if getattr(w.backend, "mode", "") else "",
+                 f"from {w.key_source}" if w.key_source else "not set",
+                 f", metrics on {metrics.url}" if metrics else "")
+        notifier.ready(f"watching {w.engine.root}")
+        w.engine.watch(stop, on_tick=supervision.tick)
     finally:
+        if metrics is not None:
+            metrics.close()
         w.backend.close()
         w.store.close()
-    print_outcome(w)
+    print_outcome(w, as_log=log_format == "json")
+    log.info("stopped")
