@@ -8,7 +8,6 @@ from tensorboard.compat.proto import event_pb2, summary_pb2
 from tensorboard.plugins.histogram import summary_v2 as hist_v2
 from tensorboard.plugins.image import metadata as image_metadata
 from tensorboard.plugins.scalar import summary_v2 as scalar_v2
-from tensorboard.plugins.text import summary_v2 as text_v2
 from tensorboard.util import tensor_util
 from tensorboardX import SummaryWriter
 

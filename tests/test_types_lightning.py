@@ -11,7 +11,6 @@ import pytest
 pytest.importorskip("torch", reason="Lightning needs torch")
 pytest.importorskip("lightning", reason="PyTorch Lightning is not installed (pip install lightning)")
 
-import numpy as np  # noqa: E402
 
 from helpers import run_id_for  # noqa: E402
 from types_helpers import (WandbRun, assert_rows_once, assert_same_points, env_for, tb_points,  # noqa: E402

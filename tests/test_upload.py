@@ -10,8 +10,7 @@ import numpy as np
 import pytest
 from tensorboardX import SummaryWriter
 
-from helpers import (assert_exactly_once, history_of, image_pixels, run_id_for, tb_scalar_points,
-                     write_run, writer_class)
+from helpers import (assert_exactly_once, history_of, image_pixels, run_id_for, write_run, writer_class)
 from tracelet_daemon.backends.wandb import txlog
 from tracelet_daemon.cli import main
 from tracelet_daemon.records import iter_records, frame

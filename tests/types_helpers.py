@@ -29,7 +29,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from helpers import history_of, offline_runs, run_id_for
+from helpers import offline_runs, run_id_for
 from tracelet_daemon.cli import main
 
 Point = tuple  # (key, step, kind, canonical value)

@@ -25,13 +25,13 @@ keeps the full guarantee.
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Sequence
 
 from ...errors import BackendError
 from ...metadata import ArtifactRequest, RunMetadata
 from ...values import Row
 from ..base import Backend, RunSink, RunSpec
+from . import runops
 from .convert import STEP_KEY, convert_row
 
 log = logging.getLogger("tracelet.wandb")
@@ -46,7 +46,7 @@ class AttachedRunSink(RunSink):
         self.run = backend.run
         self._written = -1
         self._axes: set[str] = set()
-        self._warned: set[str] = set()
+        self._warn_once = runops.WarnOnce()
         try:
             self.run.define_metric(STEP_KEY)
         except Exception as exc:  # noqa: BLE001
@@ -107,32 +107,14 @@ class AttachedRunSink(RunSink):
             raise BackendError(f"the active W&B run refused metadata of {self.spec.name}: {exc}") from exc
 
     def log_artifact(self, request: ArtifactRequest) -> None:
-        import wandb
-
         try:
-            art = wandb.Artifact(request.name, type=request.type, description=request.description or None,
-                                 metadata=dict(request.metadata) or None)
-            for path, name in request.files:
-                art.add_file(path, name=name)
-            self.run.log_artifact(art, aliases=list(request.aliases) or None)
+            runops.log_artifact(self.run, request)
         except Exception as exc:  # noqa: BLE001
             raise BackendError(f"the active W&B run refused artifact {request.name!r}: {exc}") from exc
 
     def _save_file(self, name: str, content: bytes) -> None:
-        safe = os.path.normpath(name).lstrip(os.sep)
-        if safe.startswith(".."):
+        if not runops.save_file(self.run, name, content):
             self._warn_once("file:" + name, f"{self.spec.name}: refusing file name {name!r}")
-            return
-        path = os.path.join(str(self.run.dir), safe)
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        with open(path, "wb") as f:
-            f.write(content)
-        self.run.save(path, base_path=str(self.run.dir), policy="now")
-
-    def _warn_once(self, key: str, msg: str) -> None:
-        if key not in self._warned:
-            self._warned.add(key)
-            log.warning(msg)
 
 
 class AttachedBackend(Backend):

@@ -21,7 +21,7 @@ from ...errors import BackendError, UsageError
 from ...metadata import ArtifactRequest, RunMetadata
 from ...values import Row
 from ..base import Backend, RunSink, RunSpec
-from . import txlog
+from . import runops, txlog
 from .convert import STEP_KEY, convert_row
 from .mode import has_api_key, resolve_mode
 
@@ -76,7 +76,7 @@ class WandbRunSink(RunSink):
         self._acked = -1
         self._exited = False
         self._last_poll = 0.0
-        self._warned: set[str] = set()
+        self._warn_once = runops.WarnOnce()
         if backend.mode == "online":
             self._durable = int(self.run.starting_step) - 1
         else:
@@ -151,33 +151,14 @@ class WandbRunSink(RunSink):
                                      " they apply the next time the run is opened")
 
     def log_artifact(self, request: ArtifactRequest) -> None:
-        import wandb
-
         try:
-            art = wandb.Artifact(request.name, type=request.type, description=request.description or None,
-                                 metadata=dict(request.metadata) or None)
-            for path, name in request.files:
-                art.add_file(path, name=name)
-            self.run.log_artifact(art, aliases=list(request.aliases) or None)
+            runops.log_artifact(self.run, request)
         except Exception as exc:  # noqa: BLE001
             raise BackendError(f"W&B refused artifact {request.name!r} of {self.spec.name}: {exc}") from exc
 
     def _save_file(self, name: str, content: bytes) -> None:
-        """Attach `content` as files/<name> of the run (graphs, projector data, ...)."""
-        safe = os.path.normpath(name).lstrip(os.sep)
-        if safe.startswith(".."):
+        if not runops.save_file(self.run, name, content):
             self._warn_once("file:" + name, f"{self.spec.name}: refusing file name {name!r}")
-            return
-        path = os.path.join(str(self.run.dir), safe)
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        with open(path, "wb") as f:
-            f.write(content)
-        self.run.save(path, base_path=str(self.run.dir), policy="now")
-
-    def _warn_once(self, key: str, msg: str) -> None:
-        if key not in self._warned:
-            self._warned.add(key)
-            log.warning(msg)
 
     def _poll_txlog(self) -> None:
         if self._tail is None or not os.path.exists(self._txlog_path):
