@@ -45,13 +45,13 @@ log = logging.getLogger("tracelet.engine")
 class Options:
     max_batch_bytes: int = 8 << 20
     finish_timeout: float = 30.0  # wait for the backend to confirm the tail of a run
-    rescan_interval: float = 5.0  # full rescans: the authority on which files exist
+    rescan_interval: float = 10.0  # full rescans: the authority on which files exist (inotify is faster)
     ack_interval: float = 1.0
     use_inotify: bool = True
     retry_max: float = 60.0  # cap of the exponential backoff after a backend failure
     forget_after: float = 600.0  # a file or run directory gone this long leaves the state
     max_open_runs: int = 64  # watch: idle runs beyond this are finished, resumed on new data
-    status_interval: float = 2.0  # seconds between status.json snapshots in watch
+    status_interval: float = 5.0  # seconds between status.json snapshots (the heartbeat) in watch
     only_runs: frozenset[str] | None = None  # run keys this engine may touch (parallel upload)
     # the tracelet shim (issue 4): who this engine is for run.json's "uploader" (runs naming another
     # uploader are skipped), whether it writes status.json (a sidecar's status is also how the shim
@@ -194,6 +194,8 @@ class Engine:
         self.on_progress = on_progress
         self.report = Report()
         self._workers: dict[str, _Worker] = {}
+        self._known: dict[str, str] = {}  # event file -> run key, for cheap rescans
+        self._run_keys: dict[str, str] = {}  # run directory (relative) -> run key, likewise
         self._warned_dirs: set[str] = set()
         self.started = time.time()
         self.live = False  # watch mode: lag samples are meaningful
@@ -204,7 +206,12 @@ class Engine:
     def register(self, paths: Iterable[str]) -> set[str]:
         """Start following `paths`; returns the keys of runs they belong to."""
         keys = set()
+        known = self._known
         for path in paths:
+            key = known.get(path)
+            if key is not None and key in self._workers and path in self._workers[key].cursors:
+                keys.add(key)  # the common case on every rescan: nothing to derive again
+                continue
             try:
                 run_rel, prefix = self._locate(path)
             except ValueError:
@@ -217,6 +224,8 @@ class Engine:
                 worker = self._load_worker(ref)
             if path not in worker.cursors:
                 worker.cursors[path] = _Cursor(FileRecord(path, ref.key, prefix))
+            known[path] = ref.key
+            self._run_keys.setdefault(run_rel, ref.key)
             keys.add(ref.key)
         return keys
 
@@ -247,6 +256,10 @@ class Engine:
         keys = self.register(found)
         self._forget_vanished(set(found))
         for run_rel in ([""] if self.options.single_run else discovery.run_dirs(self.root)):
+            known = self._run_keys.get(run_rel)
+            if known is not None and known in self._workers:
+                keys.add(known)  # already followed: its metadata is checked when it is drained
+                continue
             directory = os.path.join(self.root, run_rel) if run_rel else self.root
             if has_metadata(directory) or os.path.isdir(os.path.join(directory, ".tracelet")):
                 ref = run_ref(self.root, run_rel)
@@ -254,6 +267,7 @@ class Engine:
                     continue
                 if ref.key not in self._workers:
                     self._load_worker(ref)
+                self._run_keys[run_rel] = ref.key
                 keys.add(ref.key)
         return keys
 

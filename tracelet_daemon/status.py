@@ -20,8 +20,11 @@ def write_json_atomic(path: str, data: object, *, durable: bool = False) -> None
     directory = os.path.dirname(path) or "."
     fd, tmp = tempfile.mkstemp(prefix=".status-", suffix=".tmp", dir=directory)
     try:
+        # json.dumps without indent uses the C encoder (~10x faster than dump(indent=...)): with
+        # a thousand runs the snapshot is a few hundred kB, rewritten every few seconds
+        text = json.dumps(data, separators=(",", ":"), allow_nan=False, default=str)
         with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=1, sort_keys=True, allow_nan=False, default=str)
+            f.write(text)
             f.flush()
             if durable:
                 os.fsync(f.fileno())

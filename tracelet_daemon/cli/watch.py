@@ -114,7 +114,8 @@ def watch(
     mode: ModeOpt = None,
     state_dir: StateDirOpt = None,
     poll: Annotated[bool, typer.Option(help="No inotify: find changes by periodic rescans only.")] = False,
-    rescan_interval: Annotated[float, typer.Option(help="Seconds between full rescans.", min=0.1)] = 5.0,
+    rescan_interval: Annotated[Optional[float], typer.Option(
+        help="Seconds between full rescans (default: 10, or 2 with --poll).", min=0.1)] = None,
     max_batch_bytes: BatchBytesOpt = 8 << 20,
     drain_timeout: Annotated[float, typer.Option(
         envvar="TRACELET_DRAIN_TIMEOUT", min=0,
@@ -138,6 +139,7 @@ def watch(
     notifier = Notifier()
     stop = threading.Event()
     install_signal_handlers(stop, notifier, drain_timeout)  # before the slow imports: PID 1 in a container
+    rescan_interval = rescan_interval or (2.0 if poll else 10.0)
     options = Options(rescan_interval=rescan_interval, use_inotify=not poll, max_batch_bytes=max_batch_bytes,
                       max_open_runs=max_open_runs)
     w = wire(root, backend, project, entity, mode, state_dir, options)
