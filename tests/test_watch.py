@@ -162,3 +162,29 @@ def test_poll_mode_finds_files_without_inotify(runs_root, state_dir, wandb_env):
     rows = assert_exactly_once(runs_root, wandb_env["WANDB_DIR"], "late")
     assert sorted(r["global_step"] for r in rows) == list(range(10))
     assert all("sub/y" in r for r in rows)
+
+
+def test_a_second_signal_exits_at_once_and_state_stays_sound(runs_root, state_dir, wandb_env):
+    w = SummaryWriter(str(runs_root / "sig"))
+    for step in range(300):
+        w.add_scalar("loss", float(step), step)
+    w.close()
+    (path,) = (runs_root / "sig").glob("*tfevents*")
+    watch = Watch(runs_root, state_dir)
+    try:
+        wait_until(lambda: read_position(state_dir, path) == path.stat().st_size, what="the file read")
+    finally:
+        watch.proc.send_signal(signal.SIGTERM)
+        watch.proc.send_signal(signal.SIGTERM)  # impatient operator: exit now
+        watch.proc.communicate(timeout=60)
+    assert watch.proc.returncode in (0, 128 + signal.SIGTERM)
+    db = sqlite3.connect(os.path.join(state_dir, "state.sqlite3"))
+    try:
+        assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+    finally:
+        db.close()
+    from tracelet_daemon.cli import main
+
+    assert main(["upload", str(runs_root), "--state-dir", state_dir, "--no-progress"]) == 0
+    rows = assert_exactly_once(runs_root, wandb_env["WANDB_DIR"], "sig")
+    assert sorted(r["global_step"] for r in rows) == list(range(300))
