@@ -69,6 +69,9 @@ class ChildRun:
     tree_peak_kib: int = 0  # largest sampled sum of VmRSS over the child and all its descendants
     stdout: str = ""
     stderr: str = ""
+    main_peak_kib: int = 0  # largest sampled VmRSS of the child alone (e.g. the Python process)
+    children_peak_kib: int = 0  # largest sampled sum of VmRSS over its descendants (e.g. wandb-core)
+    cpu_s: float = 0.0  # user + system CPU of the child and the descendants it reaped (rusage)
 
     @property
     def ok(self) -> bool:
@@ -90,7 +93,7 @@ def run_child(argv: Sequence[str], env: Mapping[str, str] | None = None,
         start = time.perf_counter()
         proc = subprocess.Popen(list(argv), stdout=out, stderr=err, env=dict(env) if env else None,
                                 cwd=cwd or REPO_ROOT, stdin=subprocess.DEVNULL)
-        rusage, tree_peak = _wait4(proc, timeout)
+        rusage, peaks = _wait4(proc, timeout)
         wall = time.perf_counter() - start
         out.seek(0)
         err.seek(0)
@@ -99,47 +102,125 @@ def run_child(argv: Sequence[str], env: Mapping[str, str] | None = None,
     for line in stdout.splitlines():
         if line.startswith(RESULT_PREFIX):
             result = json.loads(line[len(RESULT_PREFIX):])
-    return ChildRun(proc.returncode, wall, result, rusage.ru_maxrss if rusage else 0, tree_peak,
-                    stdout, stderr)
+    return ChildRun(proc.returncode, wall, result, rusage.ru_maxrss if rusage else 0, peaks[0],
+                    stdout, stderr, peaks[1], peaks[2],
+                    (rusage.ru_utime + rusage.ru_stime) if rusage else 0.0)
 
 
 def _wait4(proc: subprocess.Popen, timeout: float, interval: float = 0.05):
-    """Reap the child, sampling its process tree's RSS meanwhile; returns (rusage, tree peak).
+    """Reap the child, sampling its process tree's RSS meanwhile.
+
+    Returns (rusage, (tree peak, child-alone peak, descendants peak)), all in KiB.
 
     ``ru_maxrss`` only covers descendants the child itself waited for; wandb-core may outlive
     its parent by a moment and escape it, so the tree (Python + wandb-core) is also sampled.
     """
     deadline = time.monotonic() + timeout
-    peak = 0
+    peak = main_peak = kids_peak = 0
     while True:
         pid, status, rusage = os.wait4(proc.pid, os.WNOHANG)
         if pid:
             proc.returncode = os.waitstatus_to_exitcode(status)
-            return rusage, peak
-        peak = max(peak, tree_rss_kib(proc.pid))
+            return rusage, (peak, main_peak, kids_peak)
+        main = proc_rss_kib(proc.pid)
+        kids = sum(proc_rss_kib(c) for c in descendants(proc.pid))
+        peak, main_peak, kids_peak = max(peak, main + kids), max(main_peak, main), max(kids_peak, kids)
         if time.monotonic() > deadline:
             proc.kill()
             _, status, rusage = os.wait4(proc.pid, 0)
             proc.returncode = os.waitstatus_to_exitcode(status)
-            return rusage, peak
+            return rusage, (peak, main_peak, kids_peak)
         time.sleep(interval)
 
 
 def tree_rss_kib(pid: int) -> int:
     """Sum of VmRSS of `pid` and every descendant (via /proc/<pid>/task/*/children); 0 if gone."""
-    total = 0
+    return proc_rss_kib(pid) + sum(proc_rss_kib(c) for c in descendants(pid))
+
+
+def proc_rss_kib(pid: int) -> int:
+    """VmRSS of one process (not its children); 0 if it is gone."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            return next((int(line.split()[1]) for line in f if line.startswith("VmRSS:")), 0)
+    except (OSError, ValueError):
+        return 0
+
+
+def descendants(pid: int) -> list[int]:
+    """Every live descendant of `pid` (children of all its threads, recursively)."""
+    out: list[int] = []
     todo = [pid]
     while todo:
         p = todo.pop()
         try:
-            with open(f"/proc/{p}/status") as f:
-                total += next((int(line.split()[1]) for line in f if line.startswith("VmRSS:")), 0)
-            for task in os.listdir(f"/proc/{p}/task"):
-                with open(f"/proc/{p}/task/{task}/children") as f:
-                    todo += [int(c) for c in f.read().split()]
-        except (OSError, ValueError):
+            tasks = os.listdir(f"/proc/{p}/task")
+        except OSError:
             continue
-    return total
+        for task in tasks:
+            try:
+                with open(f"/proc/{p}/task/{task}/children") as f:
+                    kids = [int(c) for c in f.read().split()]
+            except (OSError, ValueError):
+                continue
+            out += kids
+            todo += kids
+    return out
+
+
+CLK_TCK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def proc_cpu_seconds(pid: int) -> float | None:
+    """utime + stime of one process (all its threads, not its children) in seconds; None if gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    # after "pid (comm)": state is field 3, utime and stime are fields 14 and 15 (1-based)
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def proc_name(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/comm") as f:
+            return f.read().strip()
+    except OSError:
+        return "?"
+
+
+@dataclass
+class TreeSample:
+    """CPU and memory of a process and its descendants at one moment (see `sample_tree`)."""
+
+    t: float  # time.monotonic()
+    main_cpu: float  # seconds of CPU used by the main process so far
+    main_rss_kib: int
+    children_cpu: dict[int, float]  # pid -> CPU seconds so far, for every live descendant
+    children_rss_kib: int
+    children_names: list[str] = field(default_factory=list)
+
+
+def sample_tree(pid: int) -> TreeSample:
+    kids = descendants(pid)
+    cpu = {k: c for k in kids if (c := proc_cpu_seconds(k)) is not None}
+    return TreeSample(time.monotonic(), proc_cpu_seconds(pid) or 0.0, proc_rss_kib(pid), cpu,
+                      sum(proc_rss_kib(k) for k in kids), sorted({proc_name(k) for k in kids}))
+
+
+def cpu_between(a: TreeSample, b: TreeSample) -> dict[str, float]:
+    """CPU used between two samples, as % of one core: main process, descendants, both.
+
+    A descendant born in between counts from zero; one that died in between is lost (its time
+    goes to its parent's cutime only when reaped), which short windows make unlikely.
+    """
+    wall = max(1e-9, b.t - a.t)
+    main = b.main_cpu - a.main_cpu
+    kids = sum(c - a.children_cpu.get(p, 0.0) for p, c in b.children_cpu.items())
+    return {"wall_s": wall, "main_cpu_s": main, "children_cpu_s": kids,
+            "main_pct": 100.0 * main / wall, "children_pct": 100.0 * kids / wall,
+            "total_pct": 100.0 * (main + kids) / wall}
 
 
 def python_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
@@ -300,5 +381,103 @@ def fmt_ratio(x: float | None) -> str:
     return "-" if x is None else f"{x:.2f}x"
 
 
+def fmt_ratio_sig(x: float | None) -> str:
+    """A ratio with 3 significant digits (for ratios far from 1, like 0.00283x)."""
+    return "-" if x is None else f"{x:.3g}x"
+
+
 def fmt_mib(kib: float | None) -> str:
     return "-" if not kib else f"{mib(kib):.0f}"
+
+
+# -- a running `tracelet watch` ------------------------------------------------------------
+
+
+class WatchDaemon:
+    """`python -m tracelet_daemon watch ROOT` in a subprocess, offline, with its own temp dirs.
+
+    Its log goes to ``<tmp>/watch.log``; its state (and status.json) to ``<tmp>/state`` unless
+    `state_dir` is given. `stop()` sends SIGTERM (tracelet drains and finishes every open run)
+    and waits; only if that does not end it, the daemon's own pid is killed.
+    """
+
+    def __init__(self, root: str, tmp: str, *, state_dir: str | None = None,
+                 rescan_interval: float = 5.0, extra_args: Sequence[str] = (),
+                 env: Mapping[str, str] | None = None) -> None:
+        self.root = os.path.abspath(root)
+        self.tmp = tmp
+        self.state_dir = state_dir or os.path.join(tmp, "state")
+        self.env = dict(env) if env is not None else wandb_env(tmp)
+        self.log_path = os.path.join(tmp, "watch.log")
+        self.argv = [sys.executable, "-m", "tracelet_daemon", "watch", self.root, "--backend", "wandb",
+                     "--state-dir", self.state_dir, "--rescan-interval", f"{rescan_interval:g}",
+                     *extra_args]
+        self._log = open(self.log_path, "w")  # noqa: SIM115 - closed by stop()
+        self.started = time.monotonic()
+        self.proc = subprocess.Popen(self.argv, stdout=self._log, stderr=subprocess.STDOUT, env=self.env,
+                                     cwd=REPO_ROOT, stdin=subprocess.DEVNULL)
+        self.pid = self.proc.pid
+        self.exit_code: int | None = None
+
+    def status(self) -> dict | None:
+        ensure_repo_on_path()
+        from tracelet_daemon.status import read_status
+
+        return read_status(self.state_dir)
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def wait_status(self, predicate=lambda s: True, timeout: float = 120.0,
+                    newer_than: float | None = None, poll: float = 0.2) -> dict | None:
+        """Poll status.json until `predicate(snapshot)` holds (and, with `newer_than`, its
+        heartbeat is later than that wall time); None on timeout or if the daemon died."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not self.alive():
+                return None
+            snap = self.status()
+            if snap is not None and snap.get("pid") == self.pid and (
+                    newer_than is None or snap.get("heartbeat", 0) > newer_than) and predicate(snap):
+                return snap
+            time.sleep(poll)
+        return None
+
+    def stop(self, timeout: float = 120.0) -> int:
+        """SIGTERM, wait for the drain; the exit code (or -9 if it had to be killed)."""
+        import signal
+
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.exit_code = self.proc.returncode
+        self._log.close()
+        return self.exit_code
+
+    def log_tail(self, lines: int = 15) -> str:
+        try:
+            with open(self.log_path) as f:
+                return "\n".join(f.read().strip().splitlines()[-lines:])
+        except OSError:
+            return ""
+
+    def log_count(self, needle: str) -> int:
+        try:
+            with open(self.log_path) as f:
+                return sum(needle in line for line in f)
+        except OSError:
+            return 0
+
+
+def pct_cell(x: float | None) -> str:
+    return "-" if x is None else f"{x:.2f}%"
+
+
+def secs_cell(x: float | None) -> str:
+    if x is None:
+        return "-"
+    return f"{x * 1000:.0f} ms" if x < 1 else f"{x:.2f} s"

@@ -4,10 +4,15 @@
     python bench/run_all.py --quick         # 1/10 log, one repetition: a smoke run in seconds
     python bench/run_all.py --scale 10      # the x10 log (~126 MB)
     python bench/run_all.py --with-wandb-tb # also time wandb's own TensorBoard ingestion
+    python bench/run_all.py --live          # + live lag and 10 runs at 100 steps/s (bench_live)
+    python bench/run_all.py --scale-runs    # + 1,000 idle runs and RSS vs log size (bench_scale)
+    python bench/run_all.py --parallel      # + 50 runs uploaded with 1 vs 2 workers (bench_parallel)
+    python bench/run_all.py --all           # all of the above (~10 minutes on 2 cores)
 
 Prints machine information first (figures mean little without it), then one table with every
-reader peer and every upload contender side by side, then each bench's detailed table.
-No figure is asserted: this measures, it does not judge.
+reader peer and every upload contender side by side, then each bench's detailed table, and
+(whenever something beyond the default ran) the issue's targets next to the measured figures.
+No figure is asserted: this measures and prints; the exit status does not depend on a figure.
 """
 
 from __future__ import annotations
@@ -18,7 +23,10 @@ import os
 import time
 
 import _common as common
+import bench_live
+import bench_parallel
 import bench_reader
+import bench_scale
 import bench_upload
 import make_log
 
@@ -57,6 +65,76 @@ def combined_table(reader: dict, upload: dict) -> str:
     return common.format_table(headers, rows) + "\n" + notes
 
 
+def _verdict(ok: bool | None) -> str:
+    return "not run" if ok is None else ("met" if ok else "NOT met")
+
+
+def targets_table(reader: dict, upload: dict, extra: dict, scale: float) -> str:
+    """The issue's targets beside what this session measured (the rule is in the row)."""
+    rows = []
+    peers = {p["peer"]: p for p in reader.get("peers", []) if p.get("ok")}
+    dec, rec = peers.get("tracelet decode"), peers.get("tracelet records")
+    rows.append(["reader >= 300k events/s with CRC (decode)",
+                 f"{common.fmt_num(dec['rate'])} events/s" if dec else "-",
+                 _verdict(None if not dec else dec["rate"] >= 300_000)])
+    rows.append(["  same, framing + CRC only (no decode)",
+                 f"{common.fmt_num(rec['rate'])} events/s" if rec else "-",
+                 _verdict(None if not rec else rec["rate"] >= 300_000)])
+    ups = {c["name"]: c for c in upload.get("contenders", []) if c.get("ok")}
+    tr, tb = ups.get("tracelet upload"), ups.get("wandb TB ingestion")
+    rows.append([f"upload <= 1.3x the SDK floor (scale {scale:g}, timed s)",
+                 common.fmt_ratio(tr.get("vs_floor")) if tr and tr.get("vs_floor") else "-",
+                 _verdict(None if not tr or not tr.get("vs_floor") else tr["vs_floor"] <= 1.3)])
+    rows.append(["  same, process vs process (floor pays decoding too)",
+                 common.fmt_ratio(tr.get("process_vs_floor")) if tr and tr.get("process_vs_floor") else "-",
+                 _verdict(None if not tr or not tr.get("process_vs_floor") else tr["process_vs_floor"] <= 1.3)])
+    speed = (tb["timed_s"] / tr["timed_s"]) if tr and tb else None
+    rows.append(["upload >= 10x faster than wandb's TB ingestion",
+                 f"{speed:.1f}x faster" if speed else "-", _verdict(None if speed is None else speed >= 10)])
+    par = extra.get("parallel")
+    if par:
+        one, two = par["best"]["1"], par["best"]["2"]
+        sp = one["wall_s"] / two["wall_s"] if one["ok"] and two["ok"] else None
+        rows.append([f"{par['runs']} runs: 2 workers faster than 1",
+                     f"{one['wall_s']:.1f} s vs {two['wall_s']:.1f} s ({sp:.2f}x)" if sp else "-",
+                     _verdict(None if sp is None else sp > 1.0)])
+    else:
+        rows.append(["50 runs: 2 workers faster than 1", "-", _verdict(None)])
+    live = {r["scenario"]["name"]: r for r in (extra.get("live") or {}).get("results", []) if r["ok"]}
+    for name in ("lag", "load"):
+        r = live.get(name)
+        p50 = r["lag"].get("p50") if r else None
+        p99 = r["lag"].get("p99") if r else None
+        label = r["scenario"]["label"] if r else name
+        rows.append([f"live lag p50 <= 0.5 s, p99 <= 2 s ({label})",
+                     f"p50 {common.secs_cell(p50)}, p99 {common.secs_cell(p99)}" if r else "-",
+                     _verdict(None if p50 is None or p99 is None else (p50 <= 0.5 and p99 <= 2.0))])
+    scale_res = extra.get("scale") or {}
+    idle = scale_res.get("idle")
+    if idle and idle.get("ok"):
+        cpu = idle["cpu"]["total_pct"]
+        rss = [s["main_rss_kib"] + s["children_rss_kib"] for s in idle["samples"]]
+        drift = common.mib(rss[-1] - rss[0])
+        rows.append([f"idle, {idle['runs']:,} runs: < 1% of a core", common.pct_cell(cpu), _verdict(cpu < 1.0)])
+        rows.append([f"idle, {idle['runs']:,} runs: RSS flat (end - start <= 1 MiB over {idle['cpu']['wall_s']:.0f} s)",
+                     f"{common.mib(rss[0]):.1f} -> {common.mib(rss[-1]):.1f} MiB ({drift:+.1f})",
+                     _verdict(abs(drift) <= 1.0)])
+    else:
+        rows.append(["idle, 1,000 runs: < 1% of a core, flat RSS", "-", _verdict(None)])
+    mem = scale_res.get("memory")
+    if mem and len(mem["scales"]) == 2 and all(e["upload"]["ok"] for e in mem["scales"]):
+        a, b = mem["scales"]
+        for key, what in (("tree_peak_kib", "Python + wandb-core"), ("main_peak_kib", "Python alone")):
+            ratio = b["upload"][key] / a["upload"][key] if a["upload"][key] else None
+            rows.append([f"upload RSS independent of log size ({what}, <= 1.10x)",
+                         (f"{common.fmt_mib(a['upload'][key])} -> {common.fmt_mib(b['upload'][key])} MiB"
+                         f" ({common.fmt_ratio(ratio)}, scale {a['scale']:g} -> {b['scale']:g})"),
+                         _verdict(None if ratio is None else ratio <= 1.10)])
+    else:
+        rows.append(["upload RSS independent of log size", "-", _verdict(None)])
+    return common.format_table(["target", "measured", "verdict"], rows)
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--scale", type=float, default=None, help="log scale (default 1: ~12.6 MB)")
@@ -70,12 +148,24 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--with-wandb-tb", action="store_true", help="also time wandb's own TB ingestion (slow)")
     ap.add_argument("--skip-reader", action="store_true")
     ap.add_argument("--skip-upload", action="store_true")
+    ap.add_argument("--live", action="store_true",
+                    help="live lag (1 run) and 10 runs at 100 steps/s under `tracelet watch` (~1.5 min)")
+    ap.add_argument("--scale-runs", action="store_true",
+                    help="1,000 idle runs under `tracelet watch`, and RSS on the x1 vs x10 log (~5 min)")
+    ap.add_argument("--idle-seconds", type=float, default=None,
+                    help="--scale-runs measurement window (default 60; 3600 for the issue's hour)")
+    ap.add_argument("--parallel", action="store_true", help="50 runs uploaded with 1 vs 2 workers (~1.5 min)")
+    ap.add_argument("--all", action="store_true",
+                    help="--with-wandb-tb (run once) --live --scale-runs --parallel (~10 min on 2 cores)")
     ap.add_argument("--json", metavar="FILE", help="also write every figure to FILE as JSON")
     args = ap.parse_args(argv)
+    if args.all:
+        args.with_wandb_tb = args.live = args.scale_runs = args.parallel = True
     if args.scale is None:
         args.scale = QUICK_SCALE if args.quick else 1.0
     if args.repeat is None:
         args.repeat = 3
+    args.upload_repeat_given = args.upload_repeat is not None
     if args.upload_repeat is None:
         args.upload_repeat = 1 if args.quick else 2
     return args
@@ -98,7 +188,15 @@ def main(argv: list[str] | None = None) -> int:
     budget = 2.0 if args.quick else 60.0
     reader = empty_reader if args.skip_reader else bench_reader.run_bench(log.root, None, args.repeat, budget)
     upload = empty_upload if args.skip_upload else bench_upload.run_bench(
-        log.root, args.with_wandb_tb, args.upload_repeat)
+        log.root, args.with_wandb_tb, args.upload_repeat,
+        wandb_tb_repeat=1 if args.all and not args.upload_repeat_given else None)
+    extra: dict = {}
+    if args.parallel:
+        extra["parallel"] = bench_parallel.run_bench(20 if args.quick else 50, 1 if args.quick else 2)
+    if args.live:
+        extra["live"] = bench_live.run_bench(quick=args.quick)
+    if args.scale_runs:
+        extra["scale"] = bench_scale.run_bench(quick=args.quick, idle_seconds=args.idle_seconds, out=args.out)
     elapsed = time.perf_counter() - started
 
     print("\n=== tracelet benchmark: side by side ===")
@@ -109,12 +207,24 @@ def main(argv: list[str] | None = None) -> int:
     if not args.skip_upload:
         print("\n=== upload detail ===")
         print(bench_upload.format_report(upload))
+    if "parallel" in extra:
+        print("\n=== parallel replay ===")
+        print(bench_parallel.format_report(extra["parallel"]))
+    if "live" in extra:
+        print("\n=== live ===")
+        print(bench_live.format_report(extra["live"]))
+    if "scale" in extra:
+        print("\n=== scale ===")
+        print(bench_scale.format_report(extra["scale"]))
+    if extra:
+        print("\n=== issue 7 targets (informational: nothing here fails the run) ===")
+        print(targets_table(reader, upload, extra, log.spec.scale))
     print(f"\n(benchmarks took {elapsed:.0f} s)")
 
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"machine": info, "log": log.to_json(), "reader": reader, "upload": upload},
-                      f, indent=2, default=str)
+            json.dump({"machine": info, "log": log.to_json(), "reader": reader, "upload": upload, **extra,
+                       "elapsed_s": elapsed}, f, indent=2, default=str)
         print(f"figures written to {os.path.abspath(args.json)}")
     return 0
 
