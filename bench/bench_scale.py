@@ -2,7 +2,7 @@
 
 * ``idle``: 1,000 run directories x 2 event files (``train/`` and ``eval/``, 5 scalars each),
   uploaded once with ``tracelet upload`` (untimed setup, its time is printed), then followed by
-  ``python -m tracelet_daemon watch ROOT --state-dir S --rescan-interval 5`` on the same state.
+  ``python -m tracelet_daemon watch ROOT --state-dir S --rescan-interval 10`` (the default) on the same state.
   Once the daemon has written its first status.json and settled (15 s, three rescans), CPU and
   RSS are sampled every 5 s for ``--idle-seconds`` (60 s by default; the issue's "flat over an
   hour" is ``--idle-seconds 3600``): CPU as % of one core from utime+stime in /proc/<pid>/stat
@@ -102,7 +102,7 @@ class IdleResult:
     errors: dict = field(default_factory=dict)
     max_open_runs: int = 0
     cli_has_max_open_runs: bool = False
-    rescan_interval: float = 5.0
+    rescan_interval: float = 10.0  # the CLI default
     daemon_exit: int | None = None
 
 

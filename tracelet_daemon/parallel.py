@@ -143,4 +143,7 @@ def _pump(progress, on_progress, timeout: float) -> None:
 
 
 def default_jobs() -> int:
-    return max(1, min(4, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1))
+    """One worker per two CPUs, at most 4: each worker is a Python process plus its wandb-core,
+    and on 2 cores two workers measured slower than one (docs/benchmarks.md)."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, min(4, cpus // 2))
