@@ -292,7 +292,20 @@ def machine_info() -> dict[str, str]:
     for mod in ("wandb", "tensorboard", "tensorboardX", "tbparse", "google.protobuf", "numpy"):
         info[mod] = _version_of(mod)
     info["protobuf backend"] = _protobuf_backend()
+    info["tracelet commit"] = _git_commit()
     return info
+
+
+def _git_commit() -> str:
+    """The repository's HEAD, plus "(modified)" if tracked files differ from it: which code ran."""
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=REPO_ROOT, capture_output=True, check=False,
+                              text=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO_ROOT, check=False,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "?"
+    return (head or "?") + (" (modified)" if dirty else "")
 
 
 def _cpu_model() -> str:

@@ -288,6 +288,12 @@ def run_bench(quick: bool = False, only: list[str] | None = None, keep: bool = F
             "results": results}
 
 
+def _status_interval() -> float:
+    from tracelet_daemon.engine import Options
+
+    return Options().status_interval
+
+
 def _mib_span(samples: list[int]) -> str:
     if not samples:
         return "-"
@@ -343,8 +349,8 @@ def format_report(summary: dict) -> str:
         common.format_table(["scenario", "window s", "tracelet CPU", "wandb-core CPU", "together",
                              "writer CPU", "RSS tracelet", "RSS wandb-core", "open runs", "caught up"],
                             res_rows),
-        ("  caught up: from the writer's last write to the first status.json (written every 2 s) that"
-        " shows every byte read; an upper bound with the snapshots' 2 s grain"),
+        (f"  caught up: from the writer's last write to the first status.json (written every"
+         f" {_status_interval():g} s) that shows every byte read; an upper bound with that grain"),
     ]
     for r in summary["results"]:
         if not r["ok"]:
