@@ -26,7 +26,7 @@ def test_open_runs_stay_bounded_and_nothing_is_lost(runs_root, state_dir, wandb_
     peak = []
     stop = threading.Event()
     thread = threading.Thread(target=engine.watch, args=(stop,),
-                              kwargs={"on_tick": lambda e: peak.append(e.status()["totals"]["open_runs"])})
+                              kwargs={"on_tick": lambda e, snap: peak.append(snap["totals"]["open_runs"])})
     thread.start()
     try:
         step = 0

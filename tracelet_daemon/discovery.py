@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 import warnings
 
 from .runs import is_event_file
@@ -28,29 +29,89 @@ def scan(root: str, warned: set[str] | None = None) -> list[str]:
     runs rescanned every few seconds. Symlinked directories are never entered, so a link loop
     cannot hang discovery; hidden directories (.tracelet, .git, ...) are skipped.
     """
-    warned = warned if warned is not None else set()
-    found: list[str] = []
-    stack = [root]
-    while stack:
-        directory = stack.pop()
+    return Scanner(root, warned).scan()
+
+
+class _Listing:
+    __slots__ = ("mtime_ns", "trusted", "files", "subdirs")
+
+    def __init__(self, mtime_ns: int, trusted: bool, files: list[str], subdirs: list[str]) -> None:
+        self.mtime_ns = mtime_ns
+        self.trusted = trusted
+        self.files = files
+        self.subdirs = subdirs
+
+
+class Scanner:
+    """`scan` that remembers directory listings between rescans.
+
+    Creating, removing or renaming an entry updates its directory's mtime, so a directory whose
+    mtime has not moved since it was listed still has the same entries: rescanning an idle tree
+    of a thousand runs costs one stat per directory instead of a listing. A listing taken while
+    the directory's mtime was recent is not trusted (coarse timestamps could hide a change made
+    right after it), and every `full_every`-th scan lists everything anyway.
+    """
+
+    RACY_NS = 2_000_000_000
+
+    def __init__(self, root: str, warned: set[str] | None = None, *, full_every: int = 6) -> None:
+        self.root = root
+        self.warned = warned if warned is not None else set()
+        self.full_every = max(1, full_every)
+        self._listings: dict[str, _Listing] = {}
+        self._scans = 0
+
+    def scan(self) -> list[str]:
+        full = self._scans % self.full_every == 0
+        self._scans += 1
+        listings: dict[str, _Listing] = {}
+        found: list[str] = []
+        stack = [self.root]
+        while stack:
+            directory = stack.pop()
+            listing = self._list(directory, None if full else self._listings.get(directory))
+            if listing is None:
+                continue
+            listings[directory] = listing
+            found.extend(listing.files)
+            stack.extend(listing.subdirs)
+        self._listings = listings  # directories not reached this time are forgotten
+        found.sort()
+        return found
+
+    def run_dirs(self) -> list[str]:
+        """`run_dirs(root)` from the last scan's listing of the root (scanning first if none)."""
+        if self.root not in self._listings:
+            self.scan()
+        listing = self._listings.get(self.root)
+        names = sorted(os.path.basename(d) for d in listing.subdirs) if listing else []
+        return ["", *names]
+
+    def _list(self, directory: str, known: _Listing | None) -> _Listing | None:
         try:
+            st = os.stat(directory)
+            if known is not None and known.trusted and known.mtime_ns == st.st_mtime_ns:
+                return known
+            files: list[str] = []
+            subdirs: list[str] = []
             with os.scandir(directory) as entries:
                 for entry in entries:
                     name = entry.name
                     try:
                         if entry.is_dir(follow_symlinks=False):
                             if not name.startswith("."):
-                                stack.append(entry.path)
+                                subdirs.append(entry.path)
                         elif is_event_file(name) and entry.is_file():
-                            found.append(entry.path)
+                            files.append(entry.path)
                     except OSError:
                         continue
         except OSError as err:
-            if directory not in warned:
-                warned.add(directory)
+            if directory not in self.warned:
+                self.warned.add(directory)
                 log.warning("cannot read directory %s: %s (skipped)", directory, err.strerror)
-    found.sort()
-    return found
+            return None
+        trusted = time.time_ns() - st.st_mtime_ns > self.RACY_NS
+        return _Listing(st.st_mtime_ns, trusted, files, subdirs)
 
 
 def run_dirs(root: str) -> list[str]:
@@ -61,6 +122,13 @@ def run_dirs(root: str) -> list[str]:
     except OSError:
         return [""]
     return ["", *names]
+
+
+def _EVENT_FILTER(wd):  # noqa: N802 - a constant built from the lazily imported module
+    """Only changes: without a filter inotify also reports every open/close, and each rescan
+    (which opens thousands of directories) would flood watchdog's threads with its own echo."""
+    return [wd.FileCreatedEvent, wd.DirCreatedEvent, wd.FileModifiedEvent, wd.FileMovedEvent,
+            wd.DirMovedEvent, wd.FileClosedEvent, wd.FileDeletedEvent, wd.DirDeletedEvent]
 
 
 class Watcher:
@@ -78,13 +146,13 @@ class Watcher:
 
     def _start_observer(self) -> None:
         try:
-            from watchdog.events import FileSystemEventHandler
+            from watchdog import events as wd
             from watchdog.observers import Observer
         except ImportError:  # pragma: no cover - watchdog is a dependency
             return
         watcher = self
 
-        class _Handler(FileSystemEventHandler):
+        class _Handler(wd.FileSystemEventHandler):
             def on_any_event(self, event) -> None:  # noqa: ANN001
                 if event.is_directory and event.event_type in ("modified", "opened", "closed"):
                     return  # a file changing inside a directory says so itself
@@ -94,7 +162,7 @@ class Watcher:
 
         try:
             observer = Observer()
-            observer.schedule(_Handler(), self.root, recursive=True)
+            observer.schedule(_Handler(), self.root, recursive=True, event_filter=_change_events(wd))
             observer.daemon = True
             observer.start()
         except Exception as exc:  # noqa: BLE001 - inotify limits, unsupported fs: poll instead

@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from . import discovery
-from .status import write_json_atomic
+from .status import SnapshotWriter
 from .backends.base import Backend, RunSink, RunSpec
 from .errors import BackendError, ReaderError
 from .events import UndecodableEvent, decode_event
@@ -134,6 +134,7 @@ class _Worker:
                 st = os.stat(c.path)
             except OSError:
                 continue
+            c.record.size = st.st_size  # the size last seen: status and progress report it
             if st.st_size < c.offset or (c.record.inode and st.st_ino != c.record.inode):
                 return True  # replaced or truncated: _check_identity reads it again
             if st.st_size > c.offset and st.st_size != c.stuck_size:
@@ -197,10 +198,12 @@ class Engine:
         self._known: dict[str, str] = {}  # event file -> run key, for cheap rescans
         self._run_keys: dict[str, str] = {}  # run directory (relative) -> run key, likewise
         self._warned_dirs: set[str] = set()
+        self._scanner = discovery.Scanner(self.root, self._warned_dirs)
         self.started = time.time()
         self.live = False  # watch mode: lag samples are meaningful
         self.lag_samples: deque[float] = deque(maxlen=2048)  # seconds, file write -> sink
         self.status_path = os.path.join(store.state_dir, "status.json")
+        self._status_writer = SnapshotWriter(self.status_path)
 
     # -- discovery -------------------------------------------------------------------------
     def register(self, paths: Iterable[str]) -> set[str]:
@@ -252,10 +255,10 @@ class Engine:
         return worker
 
     def rescan(self) -> set[str]:
-        found = discovery.scan(self.root, self._warned_dirs)
+        found = self._scanner.scan()
         keys = self.register(found)
         self._forget_vanished(set(found))
-        for run_rel in ([""] if self.options.single_run else discovery.run_dirs(self.root)):
+        for run_rel in ([""] if self.options.single_run else self._scanner.run_dirs()):
             known = self._run_keys.get(run_rel)
             if known is not None and known in self._workers:
                 keys.add(known)  # already followed: its metadata is checked when it is drained
@@ -777,18 +780,22 @@ class Engine:
             "runs": runs,
         }
 
-    def write_status(self) -> None:
+    def write_status(self) -> dict | None:
+        """Write status.json (unless Options.write_status is off) and return the snapshot."""
         if not self.options.write_status:
-            return
+            return None
+        snapshot = self.status()
         try:
-            write_json_atomic(self.status_path, self.status())
+            self._status_writer.write(snapshot)
         except (OSError, ValueError) as exc:
             log.warning("cannot write %s: %s", self.status_path, exc)
+        return snapshot
 
-    def watch(self, stop: threading.Event, on_tick: Callable[[Engine], None] | None = None) -> Report:
+    def watch(self, stop: threading.Event, on_tick: Callable[[Engine, dict], None] | None = None) -> Report:
         """Follow the root until `stop` is set; then finish every run and return.
 
-        `on_tick` runs about once a second from the loop (sd_notify watchdog pings, metrics).
+        `on_tick(engine, snapshot)` runs with every status snapshot (`status_interval`): sd_notify
+        watchdog pings, metrics.
         """
         self.live = True
         watcher = discovery.Watcher(self.root, use_inotify=self.options.use_inotify)
@@ -821,11 +828,15 @@ class Engine:
                             self.finish(w)
                 self._limit_open_runs()
                 if time.monotonic() >= next_status:
-                    self.write_status()
+                    snapshot = self.write_status()
                     next_status = time.monotonic() + self.options.status_interval
                     if on_tick is not None:
-                        on_tick(self)
-                timeout = max(0.05, min(next_scan - time.monotonic(), self.options.ack_interval))
+                        on_tick(self, snapshot or self.status())
+                # acks are polled only while a run is open; an idle daemon sleeps until its next chore
+                wake_at = min(next_scan, next_status)
+                if any(w.sink is not None for w in self._workers.values()):
+                    wake_at = min(wake_at, time.monotonic() + self.options.ack_interval)
+                timeout = max(0.05, wake_at - time.monotonic())
                 hints = watcher.wait(timeout)
                 if stop.is_set():
                     break

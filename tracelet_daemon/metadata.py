@@ -80,6 +80,12 @@ def run_file(run_dir: str) -> str:
 def fingerprint(run_dir: str) -> tuple:
     """Cheap change detector: (mtime_ns, size) of each metadata source and the artifact list."""
     out = []
+    if not os.path.isdir(os.path.join(run_dir, DIRNAME)):  # most runs: one stat instead of three calls
+        try:
+            st = os.stat(os.path.join(run_dir, LIGHTNING_HPARAMS))
+            return (None, (st.st_mtime_ns, st.st_size), ())
+        except OSError:
+            return (None, None, ())
     for path in (run_file(run_dir), os.path.join(run_dir, LIGHTNING_HPARAMS)):
         try:
             st = os.stat(path)

@@ -21,27 +21,29 @@ PROGRESS_FILE = "progress.json"
 
 
 # -- derived figures -------------------------------------------------------------------------
-def current_size(f: dict) -> int:
-    """A file's size now if it can be seen from here, else the size the daemon last saw."""
+def current_size(f: dict, look: bool = True) -> int:
+    """A file's size now if it can be seen from here (and `look`), else the size the daemon last saw."""
+    if not look:
+        return int(f.get("size") or 0)
     try:
         return max(int(f.get("size") or 0), os.stat(f["path"]).st_size)
     except (OSError, KeyError, TypeError):
         return int(f.get("size") or 0)
 
 
-def file_behind(f: dict) -> int:
+def file_behind(f: dict, look: bool = True) -> int:
     """Bytes on disk the daemon has not read yet and could read (0 for quarantined files and for
     an incomplete trailing record that has not grown since)."""
     if f.get("status", "ok") != "ok":
         return 0
-    size = current_size(f)
+    size = current_size(f, look)
     if f.get("pending_tail") and size <= int(f.get("size") or 0):
         return 0
     return max(0, size - int(f.get("read") or 0))
 
 
-def bytes_behind(snapshot: dict) -> int:
-    return sum(file_behind(f) for run in snapshot.get("runs", []) for f in run.get("files", []))
+def bytes_behind(snapshot: dict, look: bool = True) -> int:
+    return sum(file_behind(f, look) for run in snapshot.get("runs", []) for f in run.get("files", []))
 
 
 def bytes_unacknowledged(snapshot: dict) -> int:
@@ -66,13 +68,17 @@ class ProgressTracker:
     "stuck"); the daemon writes it to ``progress.json`` beside ``status.json``.
     """
 
-    def __init__(self, now: float | None = None) -> None:
+    def __init__(self, now: float | None = None, *, look: bool = True) -> None:
+        # look=False: trust the snapshot's sizes (the daemon's own tracker: its engine stats every
+        # file at each rescan, and a thousand more stats every few seconds would cost more CPU
+        # than the whole idle loop)
+        self.look = look
         self._bytes_read = -1
         self._last_progress = time.time() if now is None else now
 
     def observe(self, snapshot: dict, now: float | None = None) -> dict:
         now = time.time() if now is None else now
-        behind = bytes_behind(snapshot)
+        behind = bytes_behind(snapshot, self.look)
         read = int(snapshot.get("totals", {}).get("bytes_read", 0))
         if read != self._bytes_read or behind == 0:
             self._bytes_read = read

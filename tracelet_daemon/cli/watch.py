@@ -75,7 +75,7 @@ def status_line(snapshot: dict, behind: int) -> str:
 
 
 class Supervision:
-    """What the daemon reports once a second besides its own work.
+    """What the daemon reports with every status snapshot besides its own work.
 
     Called from the engine's loop (`on_tick`) and, rate-limited, from inside long drains
     (`on_progress`), so a big backlog keeps the heartbeat and the watchdog going.
@@ -85,12 +85,12 @@ class Supervision:
         self.state_dir = state_dir
         self.notifier = notifier
         self.metrics = metrics
-        self.tracker = ProgressTracker()
+        self.tracker = ProgressTracker(look=False)
         self._last_tick = 0.0
 
-    def tick(self, engine: Engine) -> None:
+    def tick(self, engine: Engine, snapshot: dict | None = None) -> None:
         self._last_tick = time.monotonic()
-        snapshot = engine.status()
+        snapshot = snapshot if snapshot is not None else engine.status()
         progress = self.tracker.observe(snapshot)
         try:
             write_progress(self.state_dir, progress)
@@ -102,8 +102,7 @@ class Supervision:
 
     def during_drain(self, engine: Engine) -> None:
         if time.monotonic() - self._last_tick >= 1.0:
-            engine.write_status()
-            self.tick(engine)
+            self.tick(engine, engine.write_status())
 
 
 def watch(
