@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import struct
+
 import numpy as np
 import pytest
 from tensorboard.compat.proto import event_pb2, summary_pb2
@@ -152,16 +154,52 @@ def test_fast_path_agrees_with_protobuf(step, wall, values, extra):
     elif extra == "metadata" and ev.summary.value:
         ev.summary.value[0].metadata.plugin_data.plugin_name = "scalars"
     payload = ev.SerializeToString()
+    _fast_paths_agree(payload)
+
+
+def _fast_paths_agree(payload: bytes) -> int:
     slow = events_mod._decode_proto(payload, {})
-    fast = events_mod._fast_scalars(payload)
+    taken = 0
+    for fast_path in (events_mod._one_scalar, events_mod._fast_scalars):
+        fast = fast_path(payload)
+        if fast is not None:
+            taken += 1
+            assert slow is not None
+            assert (fast.step, fast.wall_time, fast.values) == (slow.step, slow.wall_time, slow.values)
+    return taken
+
+
+@settings(max_examples=400, deadline=None)
+@given(step=st.integers(min_value=-(2**63), max_value=2**63 - 1), wall=st.floats(allow_nan=False),
+       tag=st.text(max_size=130), value=st.floats(width=32))
+def test_one_scalar_path_agrees_with_protobuf(step, wall, tag, value):
+    """The single-add_scalar shortcut (most events of real logs) on exactly that shape, with
+    lengths around its one-byte limit; NaN compared by bits through struct."""
+    ev = event_pb2.Event(step=step, wall_time=wall)
+    ev.summary.value.add(tag=tag, simple_value=value)
+    payload = ev.SerializeToString()
+    fast = events_mod._one_scalar(payload)
+    slow = events_mod._decode_proto(payload, {})
     if fast is not None:
-        assert slow is not None
-        assert (fast.step, fast.wall_time, fast.values) == (slow.step, slow.wall_time, slow.values)
+        assert (fast.step, fast.wall_time) == (slow.step, slow.wall_time)
+        assert [(t, struct.pack("<f", v)) for t, v in fast.values] == [(t, struct.pack("<f", v)) for t, v in slow.values]
+
+
+def test_one_scalar_path_is_taken_for_real_writer_output(tmp_path):
+    with SummaryWriter(str(tmp_path), max_queue=1) as w:
+        for step in (1, 300, 2**40):
+            w.add_scalar("loss/train", 0.5, step)
+    (path,) = tmp_path.glob("*tfevents*")
+    payloads = list(iter_records(str(path)))
+    assert sum(events_mod._one_scalar(p) is not None for p in payloads) == 3
+    for p in payloads:
+        _fast_paths_agree(p)
 
 
 @settings(max_examples=300, deadline=None)
 @given(st.binary(max_size=300))
 def test_fast_path_never_raises_on_garbage(blob):
+    events_mod._one_scalar(blob)
     events_mod._fast_scalars(blob)
     try:
         decode_event(blob, {})
