@@ -1,23 +1,24 @@
-"""Parallel replay: 50 run directories uploaded with 1 worker process vs 2.
+"""Replaying many runs uses the machine: 50 run directories uploaded on 1 core vs 2 cores.
 
 The root holds 50 run directories, each a 1/50 copy of the reference log (``make_log`` at scale
 0.02: 20 tags x 200 steps = 4,000 scalars, 4 histograms, 1 image; about 260 KB), so the whole
 root is the reference log's size spread over many runs, the case ``upload_parallel`` is for.
 
-Each contender is one subprocess with fresh offline W&B and state directories:
+Each scenario is one ``python -m tracelet_daemon upload ROOT --state-dir S --no-progress``
+subprocess with fresh offline W&B and state directories:
 
-* if ``tracelet upload --help`` lists ``--jobs``: ``python -m tracelet_daemon upload ROOT --jobs N
-  --state-dir S --no-progress`` (an explicit ``--jobs`` starts workers even below the CLI's own
-  threshold for going parallel);
-* otherwise a small worker that wires an engine the way the CLI does and calls
-  ``tracelet_daemon.parallel.upload_parallel(engine, N, "wandb", {})`` (with N=1 that is
-  ``engine.upload()``, the CLI's path; with N=2 it spawns two worker processes, each with its own
-  wandb-core and half the runs).
+* ``1 core``: under ``taskset -c <one cpu>`` with the default ``--jobs`` (one worker per CPU the
+  process may use: here one, so the replay stays in-process) - the reference;
+* ``2 cores``: under ``taskset -c <two cpus>``, default ``--jobs`` (two workers, each with its own
+  wandb-core, runs split between them);
+* ``2 cores, --jobs 1`` and ``2 cores, --jobs 2``: the same CPUs with the worker count forced, to
+  show where the gain comes from.
 
-Figures: wall time from spawn to exit (what a user waits for), the time of the upload call
-alone (worker path only: no interpreter start-up or imports), the 1 / 2 ratio, and what was
+Figures: wall time from spawn to exit (what a user waits for), the speed-up against ``1 core``,
+CPU used (the subprocess and the descendants it reaped: workers, wandb-core) and what was
 delivered, counted per run from the ``.wandb`` files (``find_run_files`` + ``load_offline_run``):
-runs found and finished, history rows and values by kind, against what the log holds.
+runs found and finished, history rows and values by kind, against what the log holds. Scenarios
+alternate across repetitions so drift hits all alike; the fastest attempt of each is reported.
 
 Run standalone: ``python bench/bench_parallel.py [--quick] [--runs 50] [--repeat 2]``.
 """
@@ -30,8 +31,7 @@ import os
 import shutil
 import sys
 import tempfile
-import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 import _common as common
 
@@ -57,29 +57,22 @@ def make_root(root: str, runs: int) -> dict:
             "bytes": size}
 
 
-def cli_has_jobs() -> bool:
-    child = common.run_child([sys.executable, "-m", "tracelet_daemon", "upload", "--help"],
-                             env=common.python_env({"COLUMNS": "200"}))
-    return "--jobs" in child.stdout
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    cpus: int  # CPUs the process may use (taskset)
+    jobs: int | None = None  # None: the CLI's default
 
 
-# -- the worker (its own subprocess) -----------------------------------------------------------
+SCENARIOS = (Scenario("1 core", 1), Scenario("2 cores", 2), Scenario("2 cores, --jobs 1", 2, 1),
+             Scenario("2 cores, --jobs 2", 2, 2))
+REFERENCE = "1 core"
 
 
-def worker_main(root: str, state_dir: str, jobs: int) -> dict:
-    from tracelet_daemon.cli._common import wire
-    from tracelet_daemon.engine import Options
-    from tracelet_daemon.parallel import upload_parallel
-
-    t0 = time.perf_counter()
-    w = wire(root, "wandb", None, None, None, state_dir, Options())
-    try:
-        report = upload_parallel(w.engine, jobs, "wandb", {})
-    finally:
-        w.backend.close()
-        w.store.close()
-    return {"upload_s": time.perf_counter() - t0, "rows": report.rows, "runs": report.runs,
-            "failed": list(report.failed_runs), "ok": report.ok}
+def cpu_list(n: int) -> str | None:
+    """The first `n` CPUs this process may use, as taskset wants them; None if there are fewer."""
+    allowed = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+    return ",".join(map(str, allowed[:n])) if len(allowed) >= n else None
 
 
 # -- the parent ---------------------------------------------------------------------------------
@@ -87,10 +80,11 @@ def worker_main(root: str, state_dir: str, jobs: int) -> dict:
 
 @dataclass
 class Attempt:
-    jobs: int
+    scenario: str
+    cpus: int
+    jobs: int | None
     ok: bool
     wall_s: float
-    upload_s: float | None
     error: str = ""
     runs_found: int = 0
     runs_finished: int = 0
@@ -100,7 +94,6 @@ class Attempt:
     images: int = 0
     tree_peak_kib: int = 0
     cpu_s: float = 0.0  # CPU of the subprocess and every descendant it reaped (workers, wandb-core)
-    worker: dict = field(default_factory=dict)
 
 
 def count_delivered(wandb_dir: str, run_ids: list[str]) -> dict:
@@ -122,24 +115,25 @@ def count_delivered(wandb_dir: str, run_ids: list[str]) -> dict:
     return out
 
 
-def run_once(root: str, jobs: int, use_cli: bool, keep: bool = False) -> Attempt:
-    tmp = tempfile.mkdtemp(prefix=f"tracelet-bench-parallel-{jobs}-")
+def run_once(root: str, sc: Scenario, keep: bool = False) -> Attempt:
+    tmp = tempfile.mkdtemp(prefix="tracelet-bench-parallel-")
     try:
         env = common.wandb_env(tmp)
         state = os.path.join(tmp, "state")
-        if use_cli:
-            argv = [sys.executable, "-m", "tracelet_daemon", "upload", root, "--backend", "wandb",
-                    "--jobs", str(jobs), "--state-dir", state, "--no-progress"]
-        else:
-            argv = [sys.executable, os.path.abspath(__file__), "--worker", "--jobs", str(jobs),
-                    "--root", root, "--state-dir", state]
+        cpus = cpu_list(sc.cpus)
+        if cpus is None:
+            return Attempt(sc.name, sc.cpus, sc.jobs, False, 0.0, error=f"fewer than {sc.cpus} CPUs here")
+        argv = ["taskset", "-c", cpus, sys.executable, "-m", "tracelet_daemon", "upload", root, "--backend",
+                "wandb", "--state-dir", state, "--no-progress"]
+        if sc.jobs is not None:
+            argv += ["--jobs", str(sc.jobs)]
         child = common.run_child(argv, env=env)
         from tracelet_daemon.status import read_status
 
         snap = read_status(state) or {}
         run_ids = [r["run_id"] for r in snap.get("runs", [])]
-        att = Attempt(jobs, child.ok, child.wall, child.result.get("upload_s"), tree_peak_kib=child.tree_peak_kib,
-                      cpu_s=child.cpu_s, worker=child.result)
+        att = Attempt(sc.name, sc.cpus, sc.jobs, child.ok, child.wall, tree_peak_kib=child.tree_peak_kib,
+                      cpu_s=child.cpu_s)
         if not child.ok:
             att.error = f"exit {child.returncode}: {child.tail(6)}"
         for k, v in count_delivered(env["WANDB_DIR"], run_ids).items():
@@ -156,54 +150,52 @@ def run_bench(runs: int = 50, repeat: int = 1, keep: bool = False, progress: boo
         root = os.path.join(tmp, "root")
         os.makedirs(root)
         per_run = make_root(root, runs)
-        use_cli = cli_has_jobs()
-        attempts: dict[int, list[Attempt]] = {1: [], 2: []}
+        attempts: dict[str, list[Attempt]] = {sc.name: [] for sc in SCENARIOS}
         for i in range(max(1, repeat)):
-            for jobs in (1, 2):  # alternate, so drift over time hits both alike
+            for sc in SCENARIOS:  # alternate, so drift over time hits all alike
                 if progress:
-                    print(f"  parallel: {runs} runs, {jobs} worker(s) (run {i + 1}/{repeat}) ...",
-                          file=sys.stderr, flush=True)
-                attempts[jobs].append(run_once(root, jobs, use_cli, keep))
+                    print(f"  parallel: {runs} runs, {sc.name} (run {i + 1}/{repeat}) ...", file=sys.stderr,
+                          flush=True)
+                attempts[sc.name].append(run_once(root, sc, keep))
         best = {}
-        for jobs, tries in attempts.items():
+        for name, tries in attempts.items():
             good = [a for a in tries if a.ok]
-            best[jobs] = min(good, key=lambda a: a.wall_s) if good else tries[-1]
+            best[name] = min(good, key=lambda a: a.wall_s) if good else tries[-1]
         expected = {"runs": runs, "rows": runs * per_run["steps"], "scalars": runs * per_run["scalars"],
                     "histograms": runs * per_run["histograms"], "images": runs * per_run["images"]}
-        return {"runs": runs, "per_run": per_run, "root_bytes": runs * per_run["bytes"], "via": "cli --jobs"
-                if use_cli else "upload_parallel()", "repeat": repeat, "expected": expected,
-                "best": {str(j): asdict(a) for j, a in best.items()},
-                "all": {str(j): [asdict(a) for a in t] for j, t in attempts.items()}}
+        ref = best[REFERENCE]
+        speedup = {name: (ref.wall_s / a.wall_s if ref.ok and a.ok and a.wall_s else None)
+                   for name, a in best.items()}
+        return {"runs": runs, "per_run": per_run, "root_bytes": runs * per_run["bytes"], "repeat": repeat,
+                "expected": expected, "reference": REFERENCE, "speedup": speedup,
+                "best": {name: asdict(a) for name, a in best.items()},
+                "all": {name: [asdict(a) for a in t] for name, t in attempts.items()}}
     finally:
         common.remove_tree(tmp)
 
 
 def format_report(summary: dict) -> str:
-    one, two = summary["best"]["1"], summary["best"]["2"]
     exp = summary["expected"]
-    rows = [["(in the log)", None, None, None, None, f"{exp['runs']}", f"{exp['rows']:,}", f"{exp['scalars']:,}",
+    rows = [["(in the log)", None, None, None, f"{exp['runs']}", f"{exp['rows']:,}", f"{exp['scalars']:,}",
              exp["histograms"], exp["images"], None, None]]
-    for a in (one, two):
-        ratio_wall = (one["wall_s"] / a["wall_s"]) if (one["ok"] and a["ok"]) else None
-        ratio_up = (one["upload_s"] / a["upload_s"]) if (one["ok"] and a["ok"] and a["upload_s"]) else None
-        rows.append([f"{a['jobs']} worker{'s' if a['jobs'] > 1 else ''}" + ("" if a["ok"] else " FAILED"),
-                     f"{a['wall_s']:.2f}", common.fmt_ratio(ratio_wall),
-                     None if a["upload_s"] is None else f"{a['upload_s']:.2f}", common.fmt_ratio(ratio_up),
+    for name, a in summary["best"].items():
+        rows.append([name + ("" if a["ok"] else " FAILED"), "default" if a["jobs"] is None else a["jobs"],
+                     f"{a['wall_s']:.2f}" if a["ok"] else "-", common.fmt_ratio(summary["speedup"].get(name)),
                      f"{a['runs_finished']}/{a['runs_found']}", f"{a['rows']:,}", f"{a['scalars']:,}",
                      a["histograms"], a["images"], f"{a['cpu_s']:.1f}", common.fmt_mib(a["tree_peak_kib"])])
     head = (f"parallel replay: {summary['runs']} runs x {summary['per_run']['bytes'] / 1e3:.0f} KB"
-            f" ({summary['root_bytes'] / 1e6:.1f} MB in all) via {summary['via']}; best of {summary['repeat']};"
-            " speed-up = 1-worker time / this time (>1 is faster)")
-    table = common.format_table(["workers", "wall s", "speed-up", "upload() s", "speed-up", "runs finished/found",
-                                 "rows", "scalars", "histograms", "images", "CPU s", "RSS tree MiB"], rows)
-    notes = [("  wall s: spawn to exit of the subprocess; upload() s: the upload_parallel call alone;"
-             " CPU s: user + system time of the subprocess and the descendants it reaped (workers,"
-             " wandb-core); RSS tree: peak of the summed RSS of every process")]
-    for a in (one, two):
+            f" ({summary['root_bytes'] / 1e6:.1f} MB in all), `tracelet upload` under taskset; best of"
+            f" {summary['repeat']}; speed-up = '{summary['reference']}' wall time / this wall time (>1 is faster)")
+    table = common.format_table(["scenario", "--jobs", "wall s", "speed-up", "runs finished/found", "rows",
+                                 "scalars", "histograms", "images", "CPU s", "RSS tree MiB"], rows)
+    notes = [("  wall s: spawn to exit; --jobs default = one worker per CPU the process may use (1 core: the"
+              " replay stays in-process); CPU s: user + system time of the subprocess and the descendants it"
+              " reaped (workers, wandb-core); RSS tree: peak of the summed RSS of every process")]
+    for name, a in summary["best"].items():
         if a["error"]:
-            notes.append(f"  {a['jobs']} worker(s): {a['error']}")
-    times = {j: ", ".join(f"{t['wall_s']:.2f}" for t in tries) for j, tries in summary["all"].items()}
-    notes.append(f"  every run's wall s: 1 worker: {times['1']}; 2 workers: {times['2']}")
+            notes.append(f"  {name}: {a['error']}")
+    for name, tries in summary["all"].items():
+        notes.append(f"  {name}: every attempt's wall s: " + ", ".join(f"{t['wall_s']:.2f}" for t in tries))
     return "\n".join([head, table, *notes])
 
 
@@ -214,14 +206,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeat", type=int, default=None, help="runs per worker count, best kept (default 2)")
     ap.add_argument("--keep", action="store_true", help="keep the W&B/state directories")
     ap.add_argument("--json", action="store_true", help="print the summary as JSON")
-    ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
-    ap.add_argument("--jobs", type=int, default=1, help=argparse.SUPPRESS)
-    ap.add_argument("--root", help=argparse.SUPPRESS)
-    ap.add_argument("--state-dir", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
-    if args.worker:
-        common.emit_result(worker_main(args.root, args.state_dir, args.jobs))
-        return 0
     runs = args.runs or (20 if args.quick else 50)
     repeat = args.repeat or (1 if args.quick else 2)
     summary = run_bench(runs, repeat, args.keep)

@@ -90,3 +90,37 @@ def test_vanished_and_unreadable_directories(tmp_path, caplog):
     missing = Scanner(str(tmp_path / "nope"))
     assert missing.scan() == [] and missing.run_dirs() == [""]
     assert "cannot read directory" in caplog.text and "nope" in caplog.text
+
+
+def test_watcher_hints_new_and_growing_event_files(tmp_path):
+    """inotify through watchdog, limited to changes: a new event file and its growth wake the
+    waiter with the file's path; merely opening and listing things does not."""
+    from tracelet_daemon.discovery import Watcher
+
+    root = tmp_path / "root"
+    (root / "run").mkdir(parents=True)
+    watcher = Watcher(str(root))
+    try:
+        assert watcher.inotify, "watchdog's inotify observer did not start"
+        path = root / "run" / "events.out.tfevents.1.h"
+        path.write_bytes(b"x")
+        deadline = time.monotonic() + 10
+        hints = set()
+        while str(path) not in hints and time.monotonic() < deadline:
+            hints |= watcher.wait(0.5)
+        assert str(path) in hints
+        watcher.wait(0.5)  # drain
+        for _ in range(3):
+            scan(str(root))  # opens and lists every directory
+            with open(path, "rb") as f:
+                f.read()
+        assert watcher.wait(1.0) == set()
+        with open(path, "ab") as f:
+            f.write(b"y")
+        deadline = time.monotonic() + 10
+        hints = set()
+        while str(path) not in hints and time.monotonic() < deadline:
+            hints |= watcher.wait(0.5)
+        assert str(path) in hints
+    finally:
+        watcher.stop()

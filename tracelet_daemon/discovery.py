@@ -124,7 +124,7 @@ def run_dirs(root: str) -> list[str]:
     return ["", *names]
 
 
-def _EVENT_FILTER(wd):  # noqa: N802 - a constant built from the lazily imported module
+def _change_events(wd) -> list:
     """Only changes: without a filter inotify also reports every open/close, and each rescan
     (which opens thousands of directories) would flood watchdog's threads with its own echo."""
     return [wd.FileCreatedEvent, wd.DirCreatedEvent, wd.FileModifiedEvent, wd.FileMovedEvent,

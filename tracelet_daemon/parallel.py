@@ -15,15 +15,16 @@ import os
 import queue as queue_mod
 import signal
 from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 
 from .engine import Engine, Options, Report
 
 log = logging.getLogger("tracelet.parallel")
 
-# Below this backlog the ~2 s of starting workers (each imports wandb and starts a wandb-core)
-# costs more than it saves, unless --jobs asks for workers explicitly.
-PARALLEL_MIN_BYTES = 16 << 20
+# Below this backlog starting workers (each imports wandb and starts a wandb-core, ~1 s) costs
+# about what it saves (measured on 2 cores: even at 6.5 MB, 1.35x faster at 13 MB), unless
+# --jobs asks for workers explicitly.
+PARALLEL_MIN_BYTES = 8 << 20
 
 
 _progress_queue = None  # set in each worker process by _init_worker (a multiprocessing queue)
@@ -77,11 +78,12 @@ def _worker(root: str, backend: str, backend_options: dict, state_dir: str, opti
             log_level: int, parent_pid: int) -> Report:
     logging.basicConfig(level=log_level, format="%(asctime)s %(levelname)-7s %(message)s", force=True)
     os.environ.pop("WANDB_SERVICE", None)  # each worker owns its wandb-core (see mode.prepare_environment)
-    from . import backends
+    from . import backends, gcpolicy
     from .state import StateStore
 
     store = StateStore(state_dir)
     be = backends.create(backend, **backend_options)
+    gcpolicy.apply()
     def on_progress(n: int) -> None:
         if os.getppid() != parent_pid:
             os._exit(1)  # the parent is gone (no PR_SET_PDEATHSIG here)
@@ -120,7 +122,10 @@ def upload_parallel(engine: Engine, jobs: int, backend: str, backend_options: di
             for share in shares
         ]
         while not all(f.done() for f in futures):
-            _pump(progress, on_progress, timeout=0.2)
+            if progress is None:  # nothing to relay: sleep until a worker ends
+                wait(futures, return_when=FIRST_COMPLETED)
+            else:
+                _pump(progress, on_progress, timeout=0.2)
         _pump(progress, on_progress, timeout=0)
         reports = [f.result() for f in futures]
     report = merge(reports)
@@ -143,7 +148,8 @@ def _pump(progress, on_progress, timeout: float) -> None:
 
 
 def default_jobs() -> int:
-    """One worker per two CPUs, at most 4: each worker is a Python process plus its wandb-core,
-    and on 2 cores two workers measured slower than one (docs/benchmarks.md)."""
+    """One worker per CPU this process may use (its affinity, so `taskset` and container CPU sets
+    count), at most 4. Each worker is a Python process feeding its own wandb-core; the Python side
+    is the busier one, so a worker per CPU keeps every core fed (docs/benchmarks.md)."""
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(1, min(4, cpus // 2))
+    return max(1, min(4, cpus))

@@ -9,7 +9,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from .. import backends
+from .. import backends, gcpolicy
 from ..engine import Engine, Options
 from ..errors import StateError, UsageError
 from ..logsetup import setup_logging
@@ -76,6 +76,8 @@ def wire(root: str, backend: str, project: str | None, entity: str | None, mode:
 
         prepare_environment(state_path)
     be = backends.create(backend, project=project, entity=entity, mode=mode)
+    if os.environ.get("TRACELET_GC", "1") != "0":
+        gcpolicy.apply()
     engine = Engine(root, be, store, options, project=project, entity=entity, on_progress=on_progress)
     return Wiring(engine, be, store, state_path, key_source)
 

@@ -24,7 +24,7 @@ def upload(
     max_batch_bytes: BatchBytesOpt = 8 << 20,
     jobs: Annotated[Optional[int], typer.Option(
         "--jobs", "-j", min=1, envvar="TRACELET_JOBS",
-        help="Worker processes replaying runs in parallel (default: one per two CPUs, at most 4).")] = None,
+        help="Worker processes replaying runs in parallel (default: one per CPU, at most 4).")] = None,
     log_level: LogLevelOpt = "info",
     log_format: LogFormatOpt = "text",
 ) -> None:

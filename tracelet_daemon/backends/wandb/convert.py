@@ -179,7 +179,11 @@ def convert_row(row: Row, warn: Callable[[str, str], None]) -> Converted:
     `warn(key, message)` is called at most once per distinct key by the caller's own bookkeeping.
     """
     out = Converted()
+    history = out.history
     for key, value in row.values.items():
+        if value.__class__ is float and key not in RESERVED:  # most values: nothing to convert
+            history[key] = value
+            continue
         if isinstance(value, HParams):
             out.config.update(value.as_dict())
             continue

@@ -96,13 +96,15 @@ class WandbRunSink(RunSink):
         return self._durable
 
     def write(self, rows: Sequence[Row]) -> None:
+        warn = self._warn_convert
         for row in rows:
             if row.seq <= self._last_written:
                 continue  # W&B already has it (or would drop it as an old step)
-            converted = convert_row(row, lambda key, msg: self._warn_once(key, f"{self.spec.name}: {msg}"))
-            config = {k: v for k, v in converted.config.items() if k not in self._meta_config_keys}
-            if config:
-                self.run.config.update(config, allow_val_change=True)
+            converted = convert_row(row, warn)
+            if converted.config:
+                config = {k: v for k, v in converted.config.items() if k not in self._meta_config_keys}
+                if config:
+                    self.run.config.update(config, allow_val_change=True)
             for name, content in converted.files:
                 self._save_file(name, content)
             data = converted.history
@@ -113,6 +115,9 @@ class WandbRunSink(RunSink):
             except Exception as exc:  # noqa: BLE001
                 raise BackendError(f"W&B refused a row of {self.spec.name}: {exc}") from exc
             self._last_written = row.seq
+
+    def _warn_convert(self, key: str, msg: str) -> None:
+        self._warn_once(key, f"{self.spec.name}: {msg}")
 
     def checkpoint(self, seq: int, positions: dict[str, int]) -> None:
         # a summary key: written after the rows in W&B's log, hidden (leading "_") in W&B's UI
