@@ -323,3 +323,30 @@ def test_a_busy_metrics_port_and_a_bad_log_format_are_usage_errors(tmp_path, run
             assert res.stderr.count("\n") == 1 and says in res.stderr and "Traceback" not in res.stderr
     finally:
         busy.close()
+
+
+def test_the_daemons_own_tracker_trusts_the_snapshot_sizes(tmp_path):
+    """look=False (the watching daemon) counts from the sizes its engine last stat'ed, so it does
+    not stat every file again each tick; `tracelet health`'s tracker looks at the disk."""
+    path = tmp_path / "events.out.tfevents.1.host"
+    path.write_bytes(b"x" * 1000)
+    snap = {"pid": os.getpid(), "totals": {"bytes_read": 400},
+            "runs": [{"name": "r", "files": [{"path": str(path), "size": 700, "read": 400, "acked": 400,
+                                              "status": "ok", "pending_tail": False}]}]}
+    assert ProgressTracker(look=False).observe(snap)["bytes_behind"] == 300
+    assert ProgressTracker().observe(snap)["bytes_behind"] == 600
+
+
+def test_snapshot_writer_keeps_status_json_exact_as_runs_change(tmp_path):
+    from tracelet_daemon.status import SnapshotWriter, read_status
+
+    writer = SnapshotWriter(str(tmp_path / "status.json"))
+    runs = [{"name": f"r{i}", "directory": f"/runs/r{i}", "files": [{"read": i}]} for i in range(3)]
+    for change in range(4):
+        snap = {"version": 1, "heartbeat": time.time(), "runs": [dict(r) for r in runs]}
+        if change:
+            snap["runs"][change - 1]["files"] = [{"read": 100 + change}]  # one run changes each time
+        writer.write(snap)
+        assert read_status(str(tmp_path)) == snap
+    writer.write({"version": 1, "runs": []})
+    assert read_status(str(tmp_path)) == {"version": 1, "runs": []}
