@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import time
 
-from tracelet_daemon.discovery import Scanner, run_dirs, scan
+from tracelet_daemon.discovery import Scanner, scan
 
 OLD_NS = 1_600_000_000 * 10**9  # 2020: far outside the scanner's racy window
 
@@ -34,14 +34,14 @@ def test_scanner_matches_a_fresh_scan_as_the_tree_changes(tmp_path):
         _age(d)
     scanner = Scanner(root, full_every=1000)
     assert scanner.scan() == scan(root)
-    assert scanner.run_dirs() == run_dirs(root) == ["", "a", "b"]
+    assert scanner.run_dirs() == ["", "a", "b"]
 
     # a new file, a new run, a removed file: each changes its directory's mtime
     _touch(f"{root}/b/eval/events.out.tfevents.4.h")
     _touch(f"{root}/c/events.out.tfevents.5.h")
     os.unlink(f"{root}/a/events.out.tfevents.1.h")
     assert scanner.scan() == scan(root)
-    assert scanner.run_dirs() == run_dirs(root) == ["", "a", "b", "c"]
+    assert scanner.run_dirs() == ["", "a", "b", "c"]
     assert f"{root}/b/eval/events.out.tfevents.4.h" in scanner.scan()
 
 
@@ -92,6 +92,15 @@ def test_vanished_and_unreadable_directories(tmp_path, caplog):
     assert "cannot read directory" in caplog.text and "nope" in caplog.text
 
 
+def _hints_until(watcher, path: str, timeout: float = 10.0) -> set[str]:
+    """Every hint collected until `path` is among them (or `timeout` passes)."""
+    deadline = time.monotonic() + timeout
+    hints: set[str] = set()
+    while path not in hints and time.monotonic() < deadline:
+        hints |= watcher.wait(0.5)
+    return hints
+
+
 def test_watcher_hints_new_and_growing_event_files(tmp_path):
     """inotify through watchdog, limited to changes: a new event file and its growth wake the
     waiter with the file's path; merely opening and listing things does not."""
@@ -104,11 +113,7 @@ def test_watcher_hints_new_and_growing_event_files(tmp_path):
         assert watcher.inotify, "watchdog's inotify observer did not start"
         path = root / "run" / "events.out.tfevents.1.h"
         path.write_bytes(b"x")
-        deadline = time.monotonic() + 10
-        hints = set()
-        while str(path) not in hints and time.monotonic() < deadline:
-            hints |= watcher.wait(0.5)
-        assert str(path) in hints
+        assert str(path) in _hints_until(watcher, str(path))
         watcher.wait(0.5)  # drain
         for _ in range(3):
             scan(str(root))  # opens and lists every directory
@@ -117,10 +122,6 @@ def test_watcher_hints_new_and_growing_event_files(tmp_path):
         assert watcher.wait(1.0) == set()
         with open(path, "ab") as f:
             f.write(b"y")
-        deadline = time.monotonic() + 10
-        hints = set()
-        while str(path) not in hints and time.monotonic() < deadline:
-            hints |= watcher.wait(0.5)
-        assert str(path) in hints
+        assert str(path) in _hints_until(watcher, str(path))
     finally:
         watcher.stop()

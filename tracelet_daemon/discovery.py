@@ -80,7 +80,9 @@ class Scanner:
         return found
 
     def run_dirs(self) -> list[str]:
-        """`run_dirs(root)` from the last scan's listing of the root (scanning first if none)."""
+        """The root ('') and its first-level directories, relative: where run metadata may live.
+
+        Taken from the last scan's listing of the root (scanning first if there is none)."""
         if self.root not in self._listings:
             self.scan()
         listing = self._listings.get(self.root)
@@ -112,16 +114,6 @@ class Scanner:
             return None
         trusted = time.time_ns() - st.st_mtime_ns > self.RACY_NS
         return _Listing(st.st_mtime_ns, trusted, files, subdirs)
-
-
-def run_dirs(root: str) -> list[str]:
-    """The root ('') and its first-level directories, relative: where run metadata may live."""
-    try:
-        names = sorted(e.name for e in os.scandir(root) if e.is_dir(follow_symlinks=False)
-                       and not e.name.startswith("."))
-    except OSError:
-        return [""]
-    return ["", *names]
 
 
 def _change_events(wd) -> list:
