@@ -14,6 +14,7 @@ from tensorboardX import SummaryWriter
 
 from helpers import assert_exactly_once, run_id_for, write_run
 from tracelet_daemon.backends.wandb import txlog
+from watch_helpers import DEADLINE, acked_offsets, snapshot_of, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -25,7 +26,7 @@ def _upload_cmd(root, state_dir):
             "--no-progress", "--max-batch-bytes", "16384", "--log-level", "warning"]
 
 
-def _wait_for_new_run_folder(wandb_dir, proc, timeout=30.0):
+def _wait_for_new_run_folder(wandb_dir, proc, timeout=DEADLINE):
     """Block until the upload opened one more W&B run (so a kill lands mid-replay)."""
     folder = os.path.join(wandb_dir, "wandb")
     before = set(os.listdir(folder)) if os.path.isdir(folder) else set()
@@ -53,7 +54,7 @@ def test_sigkill_at_random_points_neither_loses_nor_repeats(runs_root, state_dir
             killed_mid_run += 1
         proc.wait(timeout=60)
     final = subprocess.run(_upload_cmd(runs_root, state_dir), capture_output=True, text=True,
-                           env=os.environ.copy(), timeout=300)
+                           env=os.environ.copy(), timeout=3 * DEADLINE)
     assert final.returncode == 0, final.stderr
     assert killed_mid_run >= 1, "no kill landed while the upload ran; the test proved nothing"
     folders = 0
@@ -118,28 +119,27 @@ def test_sigkill_during_watch_while_writers_append(runs_root, state_dir, wandb_e
     kills = 0
     for _ in range(max(3, KILLS // 2)):
         proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=os.environ.copy())
-        time.sleep(rng.uniform(1.5, 3.0))
+        # once its loop runs (however long start-up takes on a busy machine), somewhere inside it
+        wait_until(lambda p=proc: snapshot_of(state_dir, p.pid), what="the watch loop", proc=proc)
+        time.sleep(rng.uniform(0.0, 1.5))
         proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=30)
+        proc.wait(timeout=DEADLINE)
         kills += 1
     stop_writing.set()
     for t in threads:
-        t.join(timeout=120)
+        t.join(timeout=DEADLINE)
+        assert not t.is_alive(), "a writer did not finish"
     final = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=os.environ.copy())
-    from tracelet_daemon.state import StateStore
+    wait_until(lambda: snapshot_of(state_dir, final.pid), what="the final watch loop", proc=final)
 
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:  # wait until every byte of both files is acknowledged
-        store = StateStore(state_dir)
-        try:
-            files = [f for k in (str(runs_root / "w1"), str(runs_root / "w2")) for f in store.files_of(k).values()]
-        finally:
-            store.close()
-        if files and all(f.acked_offset == os.path.getsize(f.path) for f in files):
-            break
-        time.sleep(0.5)
+    def all_acknowledged() -> bool:  # every byte of both writers' files, by the final daemon
+        paths = [str(p) for name in ("w1", "w2") for p in (runs_root / name).glob("*tfevents*")]
+        acked = acked_offsets(state_dir)
+        return len(paths) == 2 and all(acked.get(p) == os.path.getsize(p) for p in paths)
+
+    wait_until(all_acknowledged, timeout=2 * DEADLINE, what="every byte acknowledged", proc=final)
     final.send_signal(signal.SIGTERM)
-    _out, err = final.communicate(timeout=60)
+    _out, err = final.communicate(timeout=DEADLINE)
     assert final.returncode == 0, err
     for name in ("w1", "w2"):
         assert_exactly_once(runs_root, wandb_env["WANDB_DIR"], name)

@@ -7,6 +7,7 @@ environment the image or the unit would give them, against a real notify socket.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -134,6 +135,26 @@ class NotifySocket:
         self.sock.close()
 
 
+@contextlib.contextmanager
+def daemon_process(argv: list[str], log_path, **popen):
+    """A process writing its log to `log_path`; killed on the way out if a check failed before
+    it stopped, so no test leaves a daemon behind."""
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, **popen)
+        try:
+            yield proc
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+
+
+def stop_like_docker(proc, timeout: float) -> int:
+    """SIGTERM, as `docker stop` sends it; the exit code, which must come within `timeout`."""
+    proc.send_signal(signal.SIGTERM)
+    return proc.wait(timeout=timeout)
+
+
 def yaml_or_skip():
     return pytest.importorskip("yaml", reason="PyYAML is not installed (pip install pyyaml)")
 
@@ -190,22 +211,15 @@ def test_the_image_command_runs_drains_on_sigterm_and_passes_its_healthcheck(tmp
     health_argv = [exe, *health[1:]]
     os.makedirs(state)
     log_path = tmp_path / "container.log"
-    with open(log_path, "w") as log:
-        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=state)
-        try:
-            def healthy() -> bool:
-                assert proc.poll() is None, log_path.read_text()
-                return subprocess.run(health_argv, env=env, capture_output=True, timeout=30).returncode == 0
+    with daemon_process(argv, log_path, env=env, cwd=state) as proc:
+        def healthy() -> bool:
+            assert proc.poll() is None, log_path.read_text()
+            return subprocess.run(health_argv, env=env, capture_output=True, timeout=30).returncode == 0
 
-            wait_until(healthy, what="the HEALTHCHECK to pass")
-            wait_until(lambda: read_json(os.path.join(state, "status.json"))["totals"]["rows"] == 400,
-                       what="the example runs to be replayed")
-            proc.send_signal(signal.SIGTERM)  # what `docker stop` does
-            rc = proc.wait(timeout=DOCKER_STOP_GRACE)  # ... before its SIGKILL
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
+        wait_until(healthy, what="the HEALTHCHECK to pass")
+        wait_until(lambda: read_json(os.path.join(state, "status.json"))["totals"]["rows"] == 400,
+                   what="the example runs to be replayed")
+        rc = stop_like_docker(proc, DOCKER_STOP_GRACE)  # ... before its SIGKILL
     out = log_path.read_text()
     assert rc == 0, out
     assert "SIGTERM received: draining" in out and "Traceback" not in out
@@ -239,7 +253,9 @@ def test_the_drain_timeout_bounds_a_stop(tmp_path):
     assert "drain did not finish within 0.01s; exiting now" in out and "Traceback" not in out
 
 
-def test_docker_build_when_an_engine_is_available():
+@pytest.fixture(scope="module")
+def docker_image():
+    """The image built from the repository; only with TRACELET_TEST_DOCKER=1 and an engine."""
     if os.environ.get("TRACELET_TEST_DOCKER") != "1":
         pytest.skip("set TRACELET_TEST_DOCKER=1 to build the image (needs a Docker engine and network)")
     if not shutil.which("docker") or subprocess.run(["docker", "info"], capture_output=True).returncode:
@@ -247,13 +263,17 @@ def test_docker_build_when_an_engine_is_available():
     tag = f"tracelet-test:{uuid.uuid4().hex[:8]}"
     subprocess.run(["docker", "build", "-t", tag, REPO], check=True, timeout=1800)
     try:
-        user = subprocess.run(["docker", "run", "--rm", "--entrypoint", "id", tag, "-u"],
-                              capture_output=True, text=True, check=True).stdout.strip()
-        assert user != "0"
-        version = subprocess.run(["docker", "run", "--rm", tag, "--version"], capture_output=True, text=True)
-        assert version.returncode == 0 and version.stdout.startswith("tracelet ")
+        yield tag
     finally:
         subprocess.run(["docker", "rmi", "-f", tag], capture_output=True)
+
+
+def test_docker_build_when_an_engine_is_available(docker_image):
+    user = subprocess.run(["docker", "run", "--rm", "--entrypoint", "id", docker_image, "-u"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    assert user != "0"
+    version = subprocess.run(["docker", "run", "--rm", docker_image, "--version"], capture_output=True, text=True)
+    assert version.returncode == 0 and version.stdout.startswith("tracelet ")
 
 
 def test_hadolint_when_installed():
@@ -423,25 +443,34 @@ def units_for_analysis(tmp_path) -> dict[str, str]:
     return out
 
 
-def test_systemd_analyze_verify_accepts_the_units(tmp_path):
-    exe = systemd_analyze()
-    units = units_for_analysis(tmp_path)
-    res = subprocess.run([exe, "verify", *units.values()], capture_output=True, text=True, timeout=120)
+def assert_verified(exe: str, paths) -> None:
+    res = subprocess.run([exe, "verify", *paths], capture_output=True, text=True, timeout=120)
     ours = [line for line in (res.stdout + res.stderr).splitlines() if "tracelet" in line]
     assert res.returncode == 0 and not ours, res.stdout + res.stderr
+
+
+def test_systemd_analyze_verify_accepts_the_units(tmp_path):
+    exe = systemd_analyze()
+    assert_verified(exe, units_for_analysis(tmp_path).values())
+
+
+def exposure(exe: str, unit_path: str) -> float:
+    """`systemd-analyze security`'s overall exposure of a unit file (0 safest, 10 worst)."""
+    res = subprocess.run([exe, "security", "--offline=true", "--no-pager", unit_path],
+                         capture_output=True, text=True, timeout=120)
+    if res.returncode and "offline" in res.stderr and "unrecognized" in res.stderr:
+        pytest.skip("this systemd-analyze has no --offline (systemd < 250)")
+    m = re.search(r"Overall exposure level for \S+: (\d+\.\d+)", res.stdout + res.stderr)
+    assert m, res.stdout + res.stderr
+    return float(m.group(1))
 
 
 def test_systemd_analyze_security_exposure_is_at_most_2_5(tmp_path):
     exe = systemd_analyze()
     units = units_for_analysis(tmp_path)
     for name in ("tracelet.service", "tracelet@srv-runs.service"):
-        res = subprocess.run([exe, "security", "--offline=true", "--no-pager", units[name]],
-                             capture_output=True, text=True, timeout=120)
-        if res.returncode and "offline" in res.stderr and "unrecognized" in res.stderr:
-            pytest.skip("this systemd-analyze has no --offline (systemd < 250)")
-        m = re.search(r"Overall exposure level for \S+: (\d+\.\d+)", res.stdout + res.stderr)
-        assert m, res.stdout + res.stderr
-        assert float(m.group(1)) <= 2.5, f"{name}: exposure {m.group(1)}"
+        score = exposure(exe, units[name])
+        assert score <= 2.5, f"{name}: exposure {score}"
 
 
 def escape_path(path: str) -> str:
@@ -497,6 +526,287 @@ def test_unit_command_notifies_ready_watchdog_and_stopping_over_a_real_socket(un
     assert any(f[0] == "STOPPING=1" for f in notify.fields())
     assert "W&B API key not set" in out and "(offline)" in out  # the empty credential means offline
     assert os.path.isfile(os.path.join(env["TRACELET_STATE_DIR"], "status.json"))
+
+
+# -- hardening: memory, tasks, read-only root, capabilities, metrics exposure (issue 11) --------
+HARD_MEMORY = 2 << 30  # the one memory cap of every deployment: MemoryMax=, --memory, mem_limit, limits
+IMAGE_WRITES = ("HOME", "TRACELET_STATE_DIR", "WANDB_CONFIG_DIR")  # + /tmp: what the daemon writes
+DOCKER_RUN_SOURCES = ("README.md", "docs/deployment.md", "Dockerfile")
+DOCKER_BOOLEAN_FLAGS = {"-d", "--detach", "--rm", "--read-only", "-it", "-i", "-t"}
+
+
+def size_bytes(value) -> int:
+    """'2g' (docker), '2G' (systemd), '2Gi' (Kubernetes), '512m', a plain number -> bytes."""
+    m = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([kmgt]?)(?:i?b?)", str(value).strip(), re.I)
+    assert m, f"not a size: {value!r}"
+    return int(float(m.group(1)) * 1024 ** " kmgt".index(m.group(2).lower() or " "))
+
+
+def documented_docker_run(path: str) -> list[str]:
+    """The one `docker run` command shown in `path` (a page, the README or the Dockerfile's
+    header comment), continuation lines joined and split as a shell would."""
+    with open(path) as f:
+        lines = [line.strip().lstrip("#").strip() for line in f]
+    starts = [i for i, line in enumerate(lines) if line.startswith("docker run ")]
+    assert len(starts) == 1, f"{path}: {len(starts)} docker run commands"
+    command = ""
+    for line in lines[starts[0]:]:
+        command += line.rstrip("\\") + " "
+        if not line.endswith("\\"):
+            break
+    return shlex.split(command)
+
+
+def docker_flags(argv: list[str]) -> tuple[dict[str, list[str]], list[str]]:
+    """`docker run` options as {flag: [values]}, and what follows them (image and command)."""
+    flags: dict[str, list[str]] = {}
+    args = argv[2:]
+    while args and args[0].startswith("-"):
+        flag = args.pop(0)
+        if "=" in flag:
+            flag, value = flag.split("=", 1)
+        elif flag in DOCKER_BOOLEAN_FLAGS:
+            value = ""
+        else:
+            value = args.pop(0)
+        flags.setdefault(flag, []).append(value)
+    return flags, args
+
+
+def assert_writes_are_mounted(writable: list[str], where: str) -> None:
+    """Every place the image's daemon writes (its state, HOME, W&B config, /tmp) is a writable
+    mount in `where`, so a read-only root filesystem is enough."""
+    env = dockerfile_env(parse_dockerfile(os.path.join(REPO, "Dockerfile")))
+    for path in [env[var] for var in IMAGE_WRITES] + ["/tmp"]:
+        assert any(path == w or path.startswith(w.rstrip("/") + "/") for w in writable), \
+            f"{where}: {path} is not on a writable mount ({writable})"
+
+
+def test_documented_docker_run_is_hardened_and_the_same_everywhere():
+    runs = {src: documented_docker_run(os.path.join(REPO, src)) for src in DOCKER_RUN_SOURCES}
+    assert len({tuple(argv) for argv in runs.values()}) == 1, f"the docker run commands differ: {runs}"
+    flags, rest = docker_flags(runs["docs/deployment.md"])
+    assert rest[:2] == ["tracelet", "watch"]
+    assert "--read-only" in flags
+    assert flags["--cap-drop"] == ["ALL"]
+    assert any(o in ("no-new-privileges", "no-new-privileges:true") for o in flags["--security-opt"])
+    assert size_bytes(flags["--memory"][0]) == HARD_MEMORY
+    assert flags["--memory-swap"] == flags["--memory"], "no swap on top of the memory cap"
+    assert 64 <= int(flags["--pids-limit"][0]) <= 4096
+    tmpfs = [t.split(":")[0] for t in flags["--tmpfs"]]
+    volumes = {v.split(":")[1]: v for v in flags["-v"]}
+    assert volumes["/runs"].endswith(":ro")
+    assert_writes_are_mounted([p for p, v in volumes.items() if not v.endswith(":ro")] + tmpfs, "docker run")
+
+
+def test_compose_sidecar_is_hardened_like_the_docker_run():
+    yaml = yaml_or_skip()
+    with open(os.path.join(DEPLOY, "compose.yaml")) as f:
+        side = yaml.safe_load(f)["services"]["tracelet"]
+    assert side["read_only"] is True
+    assert side["cap_drop"] == ["ALL"]
+    assert "no-new-privileges:true" in side["security_opt"]
+    assert size_bytes(side["mem_limit"]) == HARD_MEMORY
+    assert side["memswap_limit"] == side["mem_limit"], "no swap on top of the memory cap"
+    assert 64 <= int(side["pids_limit"]) <= 4096
+    tmpfs = [t.split(":")[0] for t in side["tmpfs"]]
+    writable = [v.split(":")[1] for v in side["volumes"] if not v.endswith(":ro")]
+    assert_writes_are_mounted(writable + tmpfs, "compose.yaml")
+    assert all(str(p).startswith("127.0.0.1:") for p in side.get("ports", [])), \
+        "the image serves metrics on 0.0.0.0: publish them on the host's loopback only"
+
+
+def test_kubernetes_sidecar_is_hardened_like_the_docker_run():
+    yaml = yaml_or_skip()
+    with open(os.path.join(DEPLOY, "kubernetes.yaml")) as f:
+        (pod,) = [d for d in yaml.safe_load_all(f) if d and d["kind"] == "Pod"]
+    spec = pod["spec"]
+    side = next(c for c in spec.get("initContainers", []) + spec["containers"] if c["name"] == "tracelet")
+    sc = side["securityContext"]
+    assert sc["readOnlyRootFilesystem"] is True and sc["allowPrivilegeEscalation"] is False
+    assert sc["runAsNonRoot"] is True and sc["capabilities"]["drop"] == ["ALL"]
+    assert size_bytes(side["resources"]["limits"]["memory"]) == HARD_MEMORY
+    volumes = {v["name"]: v for v in spec["volumes"]}
+    tmp = next(m for m in side["volumeMounts"] if m["mountPath"] == "/tmp")
+    tmp_volume = volumes[tmp["name"]]["emptyDir"]
+    if tmp_volume.get("medium") == "Memory":  # counts against the memory limit: bound it
+        assert size_bytes(tmp_volume["sizeLimit"]) < HARD_MEMORY
+    assert_writes_are_mounted([m["mountPath"] for m in side["volumeMounts"] if not m.get("readOnly")],
+                              "kubernetes.yaml")
+
+
+@pytest.mark.parametrize("unit", UNITS)
+def test_unit_caps_memory_and_tasks_and_shows_only_processes_in_proc(unit):
+    path = os.path.join(REPO, "systemd", unit)
+    high, cap = size_bytes(unit_value(path, "MemoryHigh")), size_bytes(unit_value(path, "MemoryMax"))
+    assert high < cap == HARD_MEMORY, "MemoryHigh= throttles and reclaims before MemoryMax= kills"
+    assert 64 <= int(unit_value(path, "TasksMax")) <= 4096
+    assert unit_value(path, "ProcSubset") == "pid" and unit_value(path, "ProtectProc") == "invisible"
+    # the offline block is there for offline deployments, commented out: online needs W&B's servers
+    with open(path) as f:
+        text = f.read()
+    for line in ("#IPAddressDeny=any", "#IPAddressAllow=localhost"):
+        assert re.search(f"^{line}$", text, re.MULTILINE), f"{unit}: no commented {line[1:]}"
+    assert not unit_values(path, "IPAddressDeny")
+
+
+def test_the_offline_block_verifies_and_lowers_the_exposure(tmp_path):
+    """Uncommented, as the docs tell offline deployments to do, the units still verify and score
+    better in `systemd-analyze security`."""
+    exe = systemd_analyze()
+    units = units_for_analysis(tmp_path)
+    (tmp_path / "offline").mkdir()
+    for name in ("tracelet.service", "tracelet@srv-runs.service"):
+        with open(units[name]) as f:
+            text = f.read()
+        enabled = re.sub(r"^#(IPAddress(?:Deny|Allow)=)", r"\1", text, flags=re.MULTILINE)
+        assert enabled.count("\nIPAddress") == 2, name
+        path = tmp_path / "offline" / name
+        path.write_text(enabled)
+        assert unit_value(str(path), "IPAddressDeny") == "any"
+        assert_verified(exe, [str(path)])
+        assert exposure(exe, str(path)) < exposure(exe, units[name]), name
+
+
+def test_docs_say_how_deployments_are_hardened_and_how_to_restrict_metrics():
+    def read(rel: str) -> str:
+        with open(os.path.join(REPO, rel)) as f:
+            return f.read()
+
+    deployment, monitoring = read("docs/deployment.md"), read("docs/monitoring.md")
+    unit = os.path.join(REPO, "systemd", "tracelet.service")
+    for key in ("MemoryHigh", "MemoryMax", "TasksMax", "ProcSubset"):
+        assert f"{key}={unit_value(unit, key)}" in deployment, key
+    for text in ("IPAddressDeny=any", "IPAddressAllow=localhost", "--read-only", "--cap-drop=ALL",
+                 "no-new-privileges", "readOnlyRootFilesystem", "allowPrivilegeEscalation", "drop: [ALL]",
+                 "0.0.0.0", "TRACELET_METRICS_HOST=127.0.0.1", "127.0.0.1:9464:9464", "NetworkPolicy"):
+        assert text in deployment, text
+    for text in ("0.0.0.0", "TRACELET_METRICS_HOST=127.0.0.1", "127.0.0.1:9464:9464"):
+        assert text in monitoring, text
+    # the variable the docs name is the option's, and the image really sets 0.0.0.0
+    import typer
+
+    from tracelet_daemon.cli import app
+
+    watch = typer.main.get_command(app).commands["watch"]
+    (host,) = [p for p in watch.params if p.name == "metrics_host"]
+    assert host.envvar == "TRACELET_METRICS_HOST" and host.default == "127.0.0.1"
+    assert dockerfile_env(parse_dockerfile(os.path.join(REPO, "Dockerfile")))[host.envvar] == "0.0.0.0"
+
+
+# A container's view for the image's command, without a Docker engine: a private mount namespace
+# with the root filesystem read-only, a fresh tmpfs on /tmp, the state directory writable and the
+# runs read-only (under a scratch tmpfs at $anchor, since the test's files live under /tmp).
+READ_ONLY_CONTAINER = r"""
+set -e
+anchor=$1 state=$2 runs=$3
+shift 3
+mount -t tmpfs -o size=1m tmpfs "$anchor"
+mkdir "$anchor/state" "$anchor/runs"
+mount --bind "$state" "$anchor/state"
+mount --bind "$runs" "$anchor/runs"
+mount -o remount,bind,ro "$anchor/runs"
+mount -o remount,bind,ro "$anchor"
+mount -t tmpfs -o rw,nosuid,nodev,noexec,size=512m tmpfs /tmp
+mount -o remount,bind,ro /
+exec "$@"
+"""
+
+
+def mount_namespace() -> list[str]:
+    unshare = shutil.which("unshare")
+    if not unshare or not shutil.which("setpriv"):
+        pytest.skip("needs unshare and setpriv (util-linux)")
+    cmd = [unshare, "--mount", "--propagation", "private"]
+    if os.geteuid() != 0:
+        cmd[1:1] = ["--user", "--map-root-user"]
+    probe = subprocess.run([*cmd, "true"], capture_output=True, text=True)
+    if probe.returncode:
+        pytest.skip(f"cannot create a mount namespace here: {probe.stderr.strip()}")
+    return cmd
+
+
+def mount_options(pid: int, target: str) -> set[str]:
+    """Options of the topmost mount on `target` as process `pid` sees it."""
+    options: set[str] = set()
+    with open(f"/proc/{pid}/mountinfo") as f:
+        for line in f:
+            fields = line.split()
+            if fields[4] == target:
+                options = set(fields[5].split(","))
+    return options
+
+
+@pytest.mark.slow
+def test_the_image_command_needs_only_its_state_volume_and_tmp_writable(tmp_path):
+    """`docker run --read-only --tmpfs /tmp --cap-drop=ALL --security-opt no-new-privileges`,
+    emulated: the image's command replays the examples, passes its health check and stops with
+    exit 0, with nothing writable but the state directory and /tmp, no capabilities and
+    no_new_privs. (A real `docker run` needs TRACELET_TEST_DOCKER=1 and an engine; see below.)"""
+    prefix = mount_namespace()
+    anchor = next((d for d in ("/srv", "/media", "/mnt") if os.path.isdir(d)
+                   and not sys.prefix.startswith(d) and not str(tmp_path).startswith(d)), None)
+    if anchor is None:
+        pytest.skip("no directory to hold the container's mounts")
+    state, runs = tmp_path / "state", copy_examples(tmp_path / "runs")
+    state.mkdir(mode=0o700)
+    ins = parse_dockerfile(os.path.join(REPO, "Dockerfile"))
+    mapped = {k: v.replace("/var/lib/tracelet", f"{anchor}/state") for k, v in dockerfile_env(ins).items()}
+    env = clean_env(**mapped)
+    env.pop("TMPDIR", None)
+    cmd = [f"{anchor}/runs" if a == "/runs" else a for a in json.loads(next(a for w, a in ins if w == "CMD"))]
+    drop = ["setpriv", "--no-new-privs", "--bounding-set=-all", "--inh-caps=-all"]
+    argv = [*prefix, "bash", "-c", READ_ONLY_CONTAINER, "container", anchor, str(state), runs,
+            *drop, installed_tracelet(), *cmd, "--metrics-port", "0"]
+    log_path = tmp_path / "container.log"
+    with daemon_process(argv, log_path, env=env) as proc:  # unshare, bash and setpriv exec into tracelet
+        def healthy() -> bool:
+            assert proc.poll() is None, log_path.read_text()
+            res = subprocess.run([installed_tracelet(), "health", "--state-dir", str(state)],
+                                 env=clean_env(), capture_output=True, timeout=60)
+            return res.returncode == 0
+
+        wait_until(healthy, timeout=180, what="the health check to pass")
+        wait_until(lambda: read_json(str(state / "status.json"))["totals"]["rows"] == 400, timeout=180,
+                   what="the example runs to be replayed")
+        with open(f"/proc/{proc.pid}/status") as f:
+            status = dict(line.rstrip("\n").split(":\t", 1) for line in f if ":\t" in line)
+        assert int(status["CapEff"], 16) == 0 and status["NoNewPrivs"].strip() == "1"
+        assert "ro" in mount_options(proc.pid, "/") and "rw" in mount_options(proc.pid, "/tmp")
+        rc = stop_like_docker(proc, 120)
+    out = log_path.read_text()
+    assert rc == 0, out
+    for problem in ("Read-only file system", "Permission denied", "Traceback"):
+        assert problem not in out, out
+    offline = [d for d in os.listdir(state / "wandb") if d.startswith("offline-run-")]
+    assert len(offline) == 2, "W&B ran offline into the state volume"
+
+
+def test_the_documented_docker_run_works_when_an_engine_is_available(docker_image, tmp_path):
+    """The hardened command from the docs, with the examples as /runs and no key (offline)."""
+    flags, _rest = docker_flags(documented_docker_run(os.path.join(REPO, "docs", "deployment.md")))
+    name, volume = f"tracelet-test-{uuid.uuid4().hex[:8]}", f"tracelet-test-state-{uuid.uuid4().hex[:8]}"
+    runs = copy_examples(tmp_path / "runs")
+    os.chmod(runs, 0o755)
+    hardening = []
+    for flag in ("--read-only", "--tmpfs", "--cap-drop", "--security-opt", "--memory", "--memory-swap",
+                 "--pids-limit"):
+        hardening += [flag] if flags[flag] == [""] else [f"{flag}={v}" for v in flags[flag]]
+    run = ["docker", "run", "-d", "--name", name, *hardening, "-v", f"{runs}:/runs:ro",
+           "-v", f"{volume}:/var/lib/tracelet", docker_image, "watch", "/runs"]
+    subprocess.run(run, check=True, capture_output=True, timeout=120)
+    try:
+        wait_until(lambda: subprocess.run(["docker", "exec", name, "tracelet", "health"],
+                                          capture_output=True).returncode == 0, timeout=180, what="healthy")
+        subprocess.run(["docker", "stop", name], check=True, capture_output=True, timeout=60)
+        code = subprocess.run(["docker", "inspect", "-f", "{{.State.ExitCode}}", name],
+                              capture_output=True, text=True, check=True).stdout.strip()
+        logs = subprocess.run(["docker", "logs", name], capture_output=True, text=True)
+        assert code == "0", logs.stdout + logs.stderr
+        assert "Read-only file system" not in logs.stdout + logs.stderr
+    finally:
+        subprocess.run(["docker", "rm", "-f", name], capture_output=True)
+        subprocess.run(["docker", "volume", "rm", "-f", volume], capture_output=True)
 
 
 # -- sd_notify on its own --------------------------------------------------------------------

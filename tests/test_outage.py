@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import socket
@@ -14,6 +13,7 @@ import pytest
 from tensorboardX import SummaryWriter
 
 from tracelet_daemon.state import StateStore
+from watch_helpers import DEADLINE, snapshot_of, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -44,27 +44,29 @@ def test_unreachable_backend_backs_off_and_acknowledges_nothing(runs_root, tmp_p
                              state_dir, "--rescan-interval", "0.5"], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, env=env)
     try:
-        deadline = time.monotonic() + 60
-        status = {}
-        while time.monotonic() < deadline:
-            try:
-                with open(os.path.join(state_dir, "status.json")) as f:
-                    status = json.load(f)
-            except (OSError, ValueError):
-                status = {}
-            if status.get("totals", {}).get("errors", {}).get("backend", 0) >= 3:
-                break
-            time.sleep(0.2)
+        def backend_errors(n: int, newer_than: float = 0.0):
+            snap = snapshot_of(state_dir, proc.pid, newer_than)
+            return snap if snap and snap["totals"]["errors"].get("backend", 0) >= n else None
+
+        status = wait_until(lambda: backend_errors(3), what="three failed attempts", proc=proc)
         rss_early = _rss_mib(proc.pid)
         for step in range(50, 2050):  # more data keeps arriving while W&B is down
             w.add_scalar("loss", 1.0 / (step + 1), step)
         w.flush()
-        time.sleep(3)
+        (path,) = (runs_root / "exp").glob("*tfevents*")
+        grown, flushed = path.stat().st_size, time.time()
+
+        def saw_the_new_data_and_retried():  # its loop saw the grown file and tried W&B again since
+            snap = backend_errors(status["totals"]["errors"]["backend"] + 1, newer_than=flushed)
+            files = [f for run in (snap or {}).get("runs", []) for f in run["files"]]
+            return snap if files and files[0]["size"] == grown else None
+
+        status = wait_until(saw_the_new_data_and_retried, what="a retry with the new data on disk", proc=proc)
         assert proc.poll() is None, "the daemon died while W&B was unreachable"
         rss_late = _rss_mib(proc.pid)
     finally:
         proc.send_signal(signal.SIGTERM)
-        _out, err = proc.communicate(timeout=60)
+        _out, err = proc.communicate(timeout=DEADLINE)
         w.close()
     assert proc.returncode == 0, err
     assert status["totals"]["errors"]["backend"] >= 3
@@ -85,6 +87,6 @@ def test_online_without_a_key_is_a_usage_error(runs_root, tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "WANDB_API_KEY"}
     env.update(WANDB_MODE="online", HOME=str(tmp_path))
     proc = subprocess.run([sys.executable, "-m", "tracelet_daemon", "upload", str(runs_root), "--state-dir",
-                           str(tmp_path / "s")], capture_output=True, text=True, env=env, timeout=60)
+                           str(tmp_path / "s")], capture_output=True, text=True, env=env, timeout=DEADLINE)
     assert proc.returncode == 2 and "needs an API key" in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import json
 import os
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
@@ -17,6 +15,7 @@ from tensorboardX import SummaryWriter
 from helpers import assert_exactly_once, run_id_for
 from tracelet_daemon.backends.wandb import txlog
 from tracelet_daemon.records import frame, iter_records
+from watch_helpers import DEADLINE, assert_sound_then_complete, read_position, snapshot_of, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -30,41 +29,10 @@ class Watch:
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                      env=os.environ.copy())
 
-    def stop(self, timeout=60.0) -> tuple[int, str]:
+    def stop(self, timeout=DEADLINE) -> tuple[int, str]:
         self.proc.send_signal(signal.SIGTERM)
         _out, err = self.proc.communicate(timeout=timeout)
         return self.proc.returncode, err
-
-
-def read_position(state_dir, path) -> int:
-    """How far tracelet has read `path` (journaled or acknowledged), from its state store."""
-    db_path = os.path.join(state_dir, "state.sqlite3")
-    if not os.path.exists(db_path):
-        return 0
-    db = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, timeout=5)
-    try:
-        best = 0
-        row = db.execute("SELECT acked_offset FROM files WHERE path=?", (str(path),)).fetchone()
-        if row:
-            best = row[0]
-        for (ranges,) in db.execute("SELECT ranges FROM batches"):
-            for p, _start, end in json.loads(ranges):
-                if p == str(path):
-                    best = max(best, end)
-        return best
-    except sqlite3.OperationalError:  # not created yet
-        return 0
-    finally:
-        db.close()
-
-
-def wait_until(predicate, timeout=30.0, what="condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def live_steps(wandb_dir, run_id) -> set[int]:
@@ -133,7 +101,14 @@ def test_a_half_written_record_is_completed_later_exactly_once(runs_root, state_
     watch = Watch(runs_root, state_dir)
     try:
         wait_until(lambda: read_position(state_dir, target) == len(data) - last, what="all whole records")
-        time.sleep(1.0)  # several polls and a rescan see the same incomplete tail
+        reached = time.time()
+
+        def tail_seen_pending():  # a snapshot from a loop that ran >= 1 s on (two rescans) since
+            snap = snapshot_of(state_dir, watch.proc.pid, newer_than=reached + 1.0)
+            files = [f for run in (snap or {}).get("runs", []) for f in run["files"] if f["path"] == str(target)]
+            return files and files[0]["pending_tail"] and files[0]["read"] == len(data) - last
+
+        wait_until(tail_seen_pending, what="polls and rescans to see the incomplete tail", proc=watch.proc)
         assert read_position(state_dir, target) == len(data) - last
         with open(target, "ab") as f:
             f.write(data[len(data) - 5:])
@@ -148,7 +123,7 @@ def test_a_half_written_record_is_completed_later_exactly_once(runs_root, state_
 def test_poll_mode_finds_files_without_inotify(runs_root, state_dir, wandb_env):
     watch = Watch(runs_root, state_dir, "--poll")
     try:
-        time.sleep(1.0)
+        wait_until(lambda: snapshot_of(state_dir, watch.proc.pid), what="the first poll", proc=watch.proc)
         w = SummaryWriter(str(runs_root / "late" / "sub"))  # a directory created after the start
         for step in range(10):
             w.add_scalar("y", float(step), step)
@@ -176,15 +151,6 @@ def test_a_second_signal_exits_at_once_and_state_stays_sound(runs_root, state_di
     finally:
         watch.proc.send_signal(signal.SIGTERM)
         watch.proc.send_signal(signal.SIGTERM)  # impatient operator: exit now
-        watch.proc.communicate(timeout=60)
+        watch.proc.communicate(timeout=DEADLINE)
     assert watch.proc.returncode in (0, 128 + signal.SIGTERM)
-    db = sqlite3.connect(os.path.join(state_dir, "state.sqlite3"))
-    try:
-        assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
-    finally:
-        db.close()
-    from tracelet_daemon.cli import main
-
-    assert main(["upload", str(runs_root), "--state-dir", state_dir, "--no-progress"]) == 0
-    rows = assert_exactly_once(runs_root, wandb_env["WANDB_DIR"], "sig")
-    assert sorted(r["global_step"] for r in rows) == list(range(300))
+    assert_sound_then_complete(runs_root, state_dir, wandb_env["WANDB_DIR"], "sig", 300)

@@ -1,21 +1,39 @@
 """tracelet's daemon: discover tfevents files, read records, decode events, map them to runs and
 sink them into a backend, with one durable state store.
 
-The curated public surface is below; everything else is internal and may change.
+The curated public surface is below; everything else is internal and may change. Names are
+imported on first use (PEP 562): ``tracelet watch`` installs its signal handlers before the
+engine and numpy are imported, so a SIGTERM during start-up is a clean stop, not a kill.
 """
 
-from ._version import __version__
-from .engine import Engine, Options, Report
-from .errors import (BackendError, CorruptRecordError, FramingError, ReaderError, StateError,
-                     TraceletError, TruncatedRecordError, UsageError)
-from .events import decode_event
-from .records import RecordReader, iter_records, read_batch
-from .state import StateStore
-from .values import Histogram, Image, ImageBatch, Row
+from __future__ import annotations
 
-__all__ = [
-    "BackendError", "CorruptRecordError", "Engine", "FramingError", "Histogram", "Image",
-    "ImageBatch", "Options", "ReaderError", "RecordReader", "Report", "Row", "StateError",
-    "StateStore", "TraceletError", "TruncatedRecordError", "UsageError", "__version__",
-    "decode_event", "iter_records", "read_batch",
-]
+import importlib
+
+from ._version import __version__ as __version__
+
+_PUBLIC = {
+    "Engine": "engine", "Options": "engine", "Report": "engine",
+    "BackendError": "errors", "ConfinementError": "errors", "CorruptRecordError": "errors",
+    "FramingError": "errors", "OversizeRecordError": "errors", "ReaderError": "errors",
+    "StateError": "errors", "TraceletError": "errors", "TruncatedRecordError": "errors",
+    "UsageError": "errors",
+    "Limits": "limits",
+    "decode_event": "events",
+    "RecordReader": "records", "iter_records": "records", "read_batch": "records",
+    "StateStore": "state",
+    "Histogram": "values", "Image": "values", "ImageBatch": "values", "Row": "values",
+}
+
+__all__ = sorted([*_PUBLIC, "__version__"])
+
+
+def __getattr__(name: str) -> object:
+    module = _PUBLIC.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f".{module}", __name__), name)
+
+
+def __dir__() -> list[str]:
+    return __all__

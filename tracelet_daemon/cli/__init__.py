@@ -3,22 +3,30 @@
 from __future__ import annotations
 
 import sys
-from typing import Annotated, Optional
 
-import typer
+from ._signals import StopRequest, install_early
+
+# `tracelet watch` under a supervisor may be told to stop while it is still importing (a second
+# or more on a busy machine): from here on, before the imports below, SIGTERM/SIGINT is a stop
+# request that the command honours (exit 0) instead of the default action (killed, exit -15).
+_STARTUP_STOP: StopRequest | None = install_early(sys.argv)
+
+from typing import Annotated, Optional  # noqa: E402
+
+import typer  # noqa: E402
 
 try:  # typer >= 0.20 vendors click
     from typer._click import exceptions as click_exc
 except ImportError:  # pragma: no cover
     from click import exceptions as click_exc
 
-from .._version import __version__
-from ..errors import TraceletError, UsageError
-from .health import health
-from .inspect import inspect
-from .status import status
-from .upload import upload
-from .watch import watch
+from .._version import __version__  # noqa: E402
+from ..errors import TraceletError, UsageError  # noqa: E402
+from .health import health  # noqa: E402
+from .inspect import inspect  # noqa: E402
+from .status import status  # noqa: E402
+from .upload import upload  # noqa: E402
+from .watch import watch  # noqa: E402
 
 app = typer.Typer(
     name="tracelet",
@@ -51,7 +59,7 @@ def _root(
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; usage errors become one line on stderr and exit code 2."""
     try:
-        rv = app(args=argv, prog_name="tracelet", standalone_mode=False)
+        rv = app(args=argv, prog_name="tracelet", standalone_mode=False, obj=_STARTUP_STOP)
         return rv if isinstance(rv, int) else 0
     except UsageError as exc:
         print(f"tracelet: error: {exc}", file=sys.stderr)
