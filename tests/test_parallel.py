@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 from tensorboardX import SummaryWriter
 
@@ -9,6 +11,7 @@ from helpers import assert_exactly_once, write_run
 from tracelet_daemon import backends
 from tracelet_daemon.engine import Engine, Options
 from tracelet_daemon.parallel import merge, plan, upload_parallel
+from tracelet_daemon.progress import Tally, Tick
 from tracelet_daemon.state import StateStore
 
 
@@ -22,18 +25,40 @@ def test_plan_balances_backlog_and_keeps_every_run_once():
     assert plan({}, 3) == []
 
 
+def test_tally_sums_running_totals_and_counts_finished_runs():
+    tally = Tally()
+    tally.add(Tick(1, 100, rows=10, runs=1))  # worker 1 is on its first run
+    tally.add(Tick(2, 50, rows=5, runs=2))  # worker 2 finished one run, is on its second
+    assert (tally.bytes, tally.rows, tally.runs_done) == (150, 15, 1)
+    tally.add(Tick(1, 0, rows=12, runs=1, finished=True))
+    tally.add(Tick(2, 30, rows=9, runs=2))
+    assert (tally.bytes, tally.rows, tally.runs_done) == (180, 21, 2)
+
+
 @pytest.mark.slow
-def test_parallel_upload_is_exactly_once(runs_root, state_dir, wandb_env):
+def test_parallel_upload_is_exactly_once(runs_root, state_dir, wandb_env, caplog):
     names = [f"run{i}" for i in range(5)]
     for i, name in enumerate(names):
         write_run(SummaryWriter, runs_root / name, steps=80, image_every=40, seed=i)
     store = StateStore(state_dir)
     engine = Engine(str(runs_root), backends.create("wandb"), store, Options())
-    seen = []
-    report = upload_parallel(engine, 2, "wandb", {}, on_progress=seen.append)
+    ticks: list[Tick] = []
+    with caplog.at_level(logging.INFO):
+        report = upload_parallel(engine, 2, "wandb", {}, on_tick=ticks.append)
     store.close()
     assert report.runs == 5 and report.ok and report.rows == 5 * 80
-    assert sum(seen) == report.bytes_read > 0
+    # every worker's progress reached the parent: bytes, rows and runs, each share closed once
+    assert {t.source for t in ticks} == {1, 2}
+    closing = [t for t in ticks if t.finished]
+    assert sorted(t.source for t in closing) == [1, 2]
+    assert sum(t.rows for t in closing) == report.rows and sum(t.runs for t in closing) == 5
+    tally = Tally()
+    for t in ticks:
+        tally.add(t)
+    assert (tally.bytes, tally.rows, tally.runs_done) == (report.bytes_read, report.rows, 5)
+    # and so did their log lines, through this process's logging
+    opened = {r.getMessage().split(":")[0] for r in caplog.records if " opened at " in r.getMessage()}
+    assert opened == set(names)
     for name in names:
         assert_exactly_once(runs_root, wandb_env["WANDB_DIR"], name)
     assert merge([report]).rows == report.rows

@@ -14,10 +14,14 @@ import multiprocessing
 import os
 import queue as queue_mod
 import signal
+import time
 from collections.abc import Callable
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 
 from .engine import Engine, Options, Report
+from .logsetup import forward_logging, handle_forwarded
+from .progress import Tick, upload_pass
 
 log = logging.getLogger("tracelet.parallel")
 
@@ -25,19 +29,28 @@ log = logging.getLogger("tracelet.parallel")
 # about what it saves (measured on 2 cores: even at 6.5 MB, 1.35x faster at 13 MB), unless
 # --jobs asks for workers explicitly.
 PARALLEL_MIN_BYTES = 8 << 20
+# a share whose process ended normally has sent everything; this only bounds a broken channel
+_LAST_WORDS_TIMEOUT = 60.0
 
 
-_progress_queue = None  # set in each worker process by _init_worker (a multiprocessing queue)
+_channel = None  # set in each worker process by _init_worker: ticks and log records for the parent
 
 
-def _init_worker(parent_pid: int, progress) -> None:
-    """Runs first in each worker: die with the parent, and keep the progress queue.
+@dataclasses.dataclass(frozen=True)
+class _Done:
+    """A worker's last message for one share: nothing of it follows on the channel."""
+
+    source: int
+
+
+def _init_worker(parent_pid: int, channel) -> None:
+    """Runs first in each worker: die with the parent, and keep the channel to it.
 
     A worker must not outlive its parent: an orphan would race the restarted upload. A queue can
     only reach a worker when the process starts, hence this initializer.
     """
-    global _progress_queue  # noqa: PLW0603 - per worker process, set once
-    _progress_queue = progress
+    global _channel  # noqa: PLW0603 - per worker process, set once
+    _channel = channel
     try:
         import ctypes
 
@@ -75,76 +88,105 @@ def merge(reports: list[Report]) -> Report:
 
 
 def _worker(root: str, backend: str, backend_options: dict, state_dir: str, options: Options,
-            log_level: int, parent_pid: int) -> Report:
-    logging.basicConfig(level=log_level, format="%(asctime)s %(levelname)-7s %(message)s", force=True)
+            log_level: int, parent_pid: int, source: int) -> Report:
+    try:
+        return _replay_share(root, backend, backend_options, state_dir, options, log_level, parent_pid,
+                             source)
+    finally:
+        _channel.put(_Done(source))  # after everything it logged, even while closing
+
+
+def _replay_share(root: str, backend: str, backend_options: dict, state_dir: str, options: Options,
+                  log_level: int, parent_pid: int, source: int) -> Report:
+    # records go to the parent, which writes them in its format, redacted, above its progress bar
+    forward_logging(_channel, log_level)
     os.environ.pop("WANDB_SERVICE", None)  # each worker owns its wandb-core (see mode.prepare_environment)
     from . import backends, gcpolicy
     from .state import StateStore
 
-    store = StateStore(state_dir)
+    store = StateStore(state_dir, lock=False, backend=backend)  # the parent holds the lock
     be = backends.create(backend, **backend_options)
     gcpolicy.apply()
-    def on_progress(n: int) -> None:
+    def on_progress(_n: int) -> None:
         if os.getppid() != parent_pid:
             os._exit(1)  # the parent is gone (no PR_SET_PDEATHSIG here)
-        if _progress_queue is not None:
-            _progress_queue.put(n)
 
     engine = Engine(root, be, store, options, project=backend_options.get("project"),
                     entity=backend_options.get("entity"), on_progress=on_progress)
     try:
-        return engine.upload()
+        return upload_pass(engine, source, _channel.put)
     finally:
         be.close()
         store.close()
 
 
 def upload_parallel(engine: Engine, jobs: int, backend: str, backend_options: dict,
-                    on_progress: Callable[[int], None] | None = None, *, force: bool = True) -> Report:
+                    on_tick: Callable[[Tick], None] | None = None, *, force: bool = True) -> Report:
     """Upload what `engine` found under its root with up to `jobs` worker processes.
 
-    Without `force`, a backlog under PARALLEL_MIN_BYTES is replayed in this process.
+    Without `force`, a backlog under PARALLEL_MIN_BYTES is replayed in this process. `on_tick`
+    gets every engine's progress (`progress.Tick`, source 0 here, 1.. for the workers' shares).
     """
     engine.rescan()
     sizes = engine.pending_runs()
     shares = plan(sizes, min(jobs, len(sizes)))
     if len(shares) <= 1 or (not force and sum(sizes.values()) < PARALLEL_MIN_BYTES):
-        return engine.upload()
+        return upload_pass(engine, 0, on_tick)
     log.info("replaying %d run(s) in %d worker processes", len(sizes), len(shares))
     ctx = multiprocessing.get_context("spawn")
-    progress = ctx.Queue() if on_progress else None
+    channel = ctx.Queue()
     with ProcessPoolExecutor(max_workers=len(shares), mp_context=ctx, initializer=_init_worker,
-                             initargs=(os.getpid(), progress)) as pool:
-        futures = [
-            pool.submit(_worker, engine.root, backend, backend_options, engine.store.state_dir,
-                        dataclasses.replace(engine.options, only_runs=share),
-                        logging.getLogger().level, os.getpid())
-            for share in shares
-        ]
-        while not all(f.done() for f in futures):
-            if progress is None:  # nothing to relay: sleep until a worker ends
-                wait(futures, return_when=FIRST_COMPLETED)
-            else:
-                _pump(progress, on_progress, timeout=0.2)
-        _pump(progress, on_progress, timeout=0)
-        reports = [f.result() for f in futures]
+                             initargs=(os.getpid(), channel)) as pool:
+        futures = {
+            source: pool.submit(_worker, engine.root, backend, backend_options, engine.store.state_dir,
+                                dataclasses.replace(engine.options, only_runs=share),
+                                logging.getLogger().level, os.getpid(), source)
+            for source, share in enumerate(shares, start=1)
+        }
+        _relay(channel, futures, on_tick)
+        reports = [f.result() for f in futures.values()]
+    channel.close()
     report = merge(reports)
     engine.report = report
     engine.write_status()
     return report
 
 
-def _pump(progress, on_progress, timeout: float) -> None:
-    if progress is None:
-        return
-    try:
-        while True:
-            on_progress(progress.get(timeout=timeout))
-            timeout = 0
-    except queue_mod.Empty:
-        pass
-    except (EOFError, OSError):  # the manager went away at shutdown
-        pass
+def _relay(channel, futures: dict[int, Future], on_tick: Callable[[Tick], None] | None) -> None:
+    """Hand the workers' ticks and log records on until every share is over and has said so.
+
+    A share's result comes back through the pool's pipe, its messages through `channel`: a finished
+    future does not mean its last ticks and lines have arrived, its `_Done` does (sent even when
+    the share failed). A worker process that died never sends one; its future says so.
+    """
+    done: set[int] = set()
+    deadline = None
+    while True:
+        waiting = [s for s, f in futures.items() if s not in done and not (f.done() and _died(f))]
+        if not waiting:
+            return
+        if all(futures[s].done() for s in waiting):
+            deadline = deadline or time.monotonic() + _LAST_WORDS_TIMEOUT
+            if time.monotonic() > deadline:
+                log.warning("worker share(s) %s ended without their last messages", waiting)
+                return
+        try:
+            item = channel.get(timeout=0.5)
+        except queue_mod.Empty:
+            continue
+        except (EOFError, OSError):  # the channel broke: the results still tell what happened
+            return
+        if isinstance(item, _Done):
+            done.add(item.source)
+        elif isinstance(item, Tick):
+            if on_tick is not None:
+                on_tick(item)
+        else:
+            handle_forwarded(item)
+
+
+def _died(future: Future) -> bool:
+    return future.cancelled() or isinstance(future.exception(), BrokenProcessPool)
 
 
 def default_jobs() -> int:
