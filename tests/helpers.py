@@ -191,9 +191,11 @@ def tb_images(run_dir) -> dict[tuple[str, int], np.ndarray]:
     return out
 
 
-def assert_exactly_once(root, wandb_dir: str, run_rel: str, *, require_exit: bool = True) -> list[dict]:
-    """W&B holds every scalar, histogram and image of the run's tfevents files exactly once."""
-    rid = run_id_for(root, run_rel)
+def assert_exactly_once(root, wandb_dir: str, run_rel: str, *, require_exit: bool = True,
+                        run_id: str | None = None) -> list[dict]:
+    """W&B holds every scalar, histogram and image of the run's tfevents files exactly once
+    (`run_id`: the W&B id, when it is not the one derived from the directory)."""
+    rid = run_id or run_id_for(root, run_rel)
     rows = history_of(wandb_dir, rid, require_exit=require_exit)
     steps = [r["_step"] for r in rows]
     assert len(steps) == len(set(steps)), "a W&B row was sent twice"

@@ -111,4 +111,4 @@ def test_protocol_validation(tmp_path):
         load_run_metadata(str(tmp_path))
     _artifact(tmp_path, "0001-x", "bad name!", "model", {"f": b"1"})
     with pytest.raises(MetadataError, match="artifact name"):
-        load_artifact(str(tmp_path / ".tracelet" / "artifacts" / "0001-x"))
+        load_artifact(str(tmp_path), "0001-x")

@@ -18,7 +18,7 @@ from tracelet import _artifacts
 from tracelet._experiment import decide
 from tracelet._protocol import ArtifactBuilder, RunFile
 from tracelet_daemon.cli import main
-from tracelet_daemon.metadata import artifact_dirs, fingerprint, load_artifact, load_run_metadata
+from tracelet_daemon.metadata import artifact_ids, fingerprint, load_artifact, load_run_metadata
 
 pytestmark = pytest.mark.slow
 
@@ -245,8 +245,8 @@ def test_artifact_ids_sort_in_publication_order(tmp_path):
         b.add_file(str(src), f"dir/f{i}.bin")
         ids.append(b.publish(f"a{i}", "model").id)
     leftover = ArtifactBuilder(str(tmp_path / "run"))  # never published: invisible to readers
-    assert [os.path.basename(d) for d in artifact_dirs(str(tmp_path / "run"))] == ids == sorted(ids)
-    req = load_artifact(artifact_dirs(str(tmp_path / "run"))[-1])
+    assert artifact_ids(str(tmp_path / "run")) == ids == sorted(ids)
+    req = load_artifact(str(tmp_path / "run"), artifact_ids(str(tmp_path / "run"))[-1])
     assert (req.name, req.type, [n for _p, n in req.files]) == ("a11", "model", ["dir/f11.bin"])
     leftover.discard()
 
@@ -294,7 +294,7 @@ def test_artifact_objects(runs_root, state_dir, tmp_path):
     plt.close(fig)
     named = exp.log_artifact(str(ckpt / "a.pt"), name="my model", type="weights", aliases=["best"])
     assert (named.name, named.type) == ("my-model", "weights")
-    assert load_artifact(named.directory).aliases == ("best",)
+    assert load_artifact(exp.run_dir, os.path.basename(named.directory)).aliases == ("best",)
     with pytest.raises(TypeError, match="cannot store"):
         exp.log_artifact(object())
     with pytest.raises(FileNotFoundError):

@@ -22,14 +22,14 @@ log = logging.getLogger("tracelet.discovery")
 warnings.filterwarnings("ignore", message="Callback with id", category=RuntimeWarning)
 
 
-def scan(root: str, warned: set[str] | None = None) -> list[str]:
+def scan(root: str, warned: set[str] | None = None, *, follow_files: bool = False) -> list[str]:
     """Every event file under `root`, sorted; unreadable directories are reported once.
 
     os.scandir entries know their type without an extra stat, which matters with thousands of
-    runs rescanned every few seconds. Symlinked directories are never entered, so a link loop
-    cannot hang discovery; hidden directories (.tracelet, .git, ...) are skipped.
+    runs rescanned every few seconds. Symlinks are not followed by default (the root is
+    untrusted: a link could point anywhere); hidden directories (.tracelet, .git, ...) are skipped.
     """
-    return Scanner(root, warned).scan()
+    return Scanner(root, warned, follow_files=follow_files).scan()
 
 
 class _Listing:
@@ -54,8 +54,14 @@ class Scanner:
 
     RACY_NS = 2_000_000_000
 
-    def __init__(self, root: str, warned: set[str] | None = None, *, full_every: int = 6) -> None:
+    def __init__(self, root: str, warned: set[str] | None = None, *, full_every: int = 6,
+                 follow_files: bool = False, follow_top_dirs: bool = False) -> None:
+        """`follow_files`: symlinked event files count; `follow_top_dirs`: symlinked directories
+        directly under the root (linked run directories) are entered. Deeper directory links
+        never are, so a link loop cannot hang discovery."""
         self.root = root
+        self.follow_files = follow_files
+        self.follow_top_dirs = follow_top_dirs
         self.warned = warned if warned is not None else set()
         self.full_every = max(1, full_every)
         self._listings: dict[str, _Listing] = {}
@@ -96,14 +102,15 @@ class Scanner:
                 return known
             files: list[str] = []
             subdirs: list[str] = []
+            follow_dirs = self.follow_top_dirs and directory == self.root
             with os.scandir(directory) as entries:
                 for entry in entries:
                     name = entry.name
                     try:
-                        if entry.is_dir(follow_symlinks=False):
+                        if entry.is_dir(follow_symlinks=follow_dirs):
                             if not name.startswith("."):
                                 subdirs.append(entry.path)
-                        elif is_event_file(name) and entry.is_file():
+                        elif is_event_file(name) and entry.is_file(follow_symlinks=self.follow_files):
                             files.append(entry.path)
                     except OSError:
                         continue

@@ -24,17 +24,19 @@ import time
 import zlib
 from collections import deque
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
-from . import discovery
+from . import confine, discovery
 from .status import SnapshotWriter
 from .backends.base import Backend, RunSink, RunSpec
-from .errors import BackendError, ReaderError
+from .errors import BackendError, OversizeRecordError, ReaderError, StateError
+from .budget import short_tag
 from .events import UndecodableEvent, decode_event
-from .metadata import (MetadataError, RunMetadata, artifact_dirs, fingerprint, has_metadata,
-                       load_artifact, load_run_metadata, uploader_of)
+from .limits import Limits
+from .metadata import (MetadataError, RunMetadata, artifact_ids, display_text, fingerprint, has_metadata,
+                       load_artifact, load_run_metadata, staged, uploader_of)
 from .records import read_batch
-from .runs import RunRef, group_rows, locate, run_ref
+from .runs import RunRef, group_rows, key_prefix, locate, make_run_id, run_ref
 from .state import FileRecord, RunRecord, StateStore
 from .values import Event
 
@@ -61,6 +63,8 @@ class Options:
     write_status: bool = True
     drain_on_stop: bool = False
     single_run: bool = False  # the root is one run directory; deeper directories are key prefixes
+    limits: Limits = field(default_factory=Limits)  # what one hostile record or file may cost
+    follow_symlinks: bool = False  # follow symlinked run directories and event files (opt-in)
 
 
 @dataclass
@@ -145,11 +149,14 @@ class _Worker:
 _HEAD_BYTES = 32
 
 
-def _head_crc(path: str) -> int | None:
+def _head_crc(path: str, opener: Callable[[str], int]) -> int | None:
     """CRC-32 of a file's first bytes (a tfevents file starts with a timestamped record)."""
     try:
-        with open(path, "rb") as f:
-            data = f.read(_HEAD_BYTES)
+        fd = opener(path)
+        try:
+            data = os.pread(fd, _HEAD_BYTES, 0)
+        finally:
+            os.close(fd)
     except OSError:
         return None
     return zlib.crc32(data) if len(data) == _HEAD_BYTES else None
@@ -198,12 +205,26 @@ class Engine:
         self._known: dict[str, str] = {}  # event file -> run key, for cheap rescans
         self._run_keys: dict[str, str] = {}  # run directory (relative) -> run key, likewise
         self._warned_dirs: set[str] = set()
-        self._scanner = discovery.Scanner(self.root, self._warned_dirs)
+        follow = self.options.follow_symlinks
+        self._scanner = discovery.Scanner(self.root, self._warned_dirs, follow_files=follow,
+                                          follow_top_dirs=follow)
         self.started = time.time()
         self.live = False  # watch mode: lag samples are meaningful
         self.lag_samples: deque[float] = deque(maxlen=2048)  # seconds, file write -> sink
         self.status_path = os.path.join(store.state_dir, "status.json")
         self._status_writer = SnapshotWriter(self.status_path)
+        self._read_args = {"max_payload": self.options.limits.max_record_bytes, "opener": self._open_event}
+
+    def _open_event(self, path: str) -> int:
+        """Open an event file without following a symlink below the root (see confine.py);
+        with ``follow_symlinks`` a linked run directory and a linked event file are followed,
+        directories inside a run never are."""
+        rel = os.path.relpath(path, self.root)
+        follow = self.options.follow_symlinks
+        if follow and os.sep in rel:
+            first, rest = rel.split(os.sep, 1)
+            return confine.open_file(os.path.join(self.root, first), rest, follow_last=True)
+        return confine.open_file(self.root, rel, follow_last=follow)
 
     # -- discovery -------------------------------------------------------------------------
     def register(self, paths: Iterable[str]) -> set[str]:
@@ -236,7 +257,8 @@ class Engine:
         """locate(), or with Options.single_run every directory below the root as a key prefix."""
         run_rel, prefix = locate(self.root, path)
         if self.options.single_run and run_rel:
-            return "", f"{run_rel}/{prefix}" if prefix else run_rel
+            # every directory is a prefix, except those add_hparams names after the time
+            return "", key_prefix("/".join([run_rel.replace(os.sep, "/"), prefix]))
         return run_rel, prefix
 
     def _load_worker(self, ref: RunRef) -> _Worker:
@@ -304,16 +326,9 @@ class Engine:
         state_lost = rec is None
         md = self._metadata(w)
         if rec is None:
-            run_id = w.ref.run_id
-            if md is not None and md.run_id:
-                if _valid_id(md.run_id):
-                    run_id = md.run_id
-                else:
-                    log.error("%s: run_id %r in its run.json is not a valid id; using %s",
-                              w.ref.name, md.run_id, run_id)
-            rec = RunRecord(w.ref.key, run_id, w.ref.name, self.backend.name)
+            rec = RunRecord(w.ref.key, self._claim_run_id(w, md), w.ref.name, self.backend.name)
         spec = RunSpec(
-            rec.run_id, (md.name if md and md.name else rec.name), w.ref.directory,
+            rec.run_id, (md.name if md and md.name else display_text(rec.name)), w.ref.directory,
             (md.project if md and md.project else self.project),
             (md.entity if md and md.entity else self.entity), metadata=md,
         )
@@ -345,6 +360,35 @@ class Engine:
         else:
             log.info("%s: run %s opened at %s", w.ref.name, rec.run_id, rec.location)
 
+    def _claim_run_id(self, w: _Worker, md: RunMetadata | None) -> str:
+        """The backend run id of a run opened for the first time, claimed once per state store.
+
+        A run.json may name an id; another directory's id (claimed, or derived for a run this
+        engine follows) is refused, so no run directory can hijack another's run: the run is
+        then sent under its own derived id, losing nothing."""
+        derived = w.ref.run_id
+        wanted = derived
+        if md is not None and md.run_id:
+            others = {o.ref.run_id for k, o in self._workers.items() if k != w.ref.key}
+            if not _valid_id(md.run_id):
+                log.error("%s: run_id in its run.json is not a valid id; using %s", w.ref.name, derived)
+            elif md.run_id in others:
+                self.report.error("run_id_conflict")
+                log.error("%s: run_id %s in its run.json is the id of another run directory; refused,"
+                          " using its own id %s", w.ref.name, md.run_id, derived)
+            else:
+                wanted = md.run_id
+        for attempt in range(100):
+            owner = self.store.claim(wanted, w.ref.key)
+            if owner == w.ref.key:
+                return wanted
+            self.report.error("run_id_conflict")
+            log.error("%s: run id %s is already used by %s in this state store; refused, %s",
+                      w.ref.name, wanted, display_text(owner, 200), "using its own id" if wanted != derived
+                      else "using another id")
+            wanted = derived if wanted != derived else make_run_id(w.ref.name, f"{w.ref.directory}#{attempt + 1}")
+        raise StateError(f"{w.ref.name}: no free run id")
+
     def _recover_positions(self, w: _Worker, durable: int, state_lost: bool) -> None:
         """The backend holds rows the state store does not know of: take positions from it."""
         cp = w.sink.recovered_checkpoint()
@@ -371,7 +415,7 @@ class Engine:
         try:
             for path, start, end in batch.ranges:
                 cursor = w.cursors.get(path) or _Cursor(FileRecord(path, w.ref.key, self._locate(path)[1]))
-                events.extend(self._decode(w, cursor, read_batch(path, start, end=end).records, count=False))
+                events.extend(self._decode(w, cursor, read_batch(path, start, end=end, **self._read_args).records, count=False))
         except (OSError, ReaderError) as exc:
             log.error("%s: cannot replay rows #%d-#%d (%s); they are lost", w.ref.name, batch.seq_first, batch.seq_last, exc)
             return
@@ -394,28 +438,39 @@ class Engine:
         plugins = cursor.record.plugins
         for i, payload in enumerate(records):
             try:
-                ev = decode_event(payload, plugins)
+                ev = decode_event(payload, plugins, limits=self.options.limits)
             except UndecodableEvent as exc:
                 if count:
                     cursor.record.corrupt += 1
                     self.report.corrupt_records += 1
                     self.report.error("undecodable")
+                    at = f" at byte {ends[i] - len(payload) - 16}" if ends is not None else ""
                     self._say_once(w, "undecodable:" + cursor.path, logging.WARNING,
-                                   "%s: a record is not a TensorBoard event (%s); skipped", cursor.path, exc)
+                                   "%s: a record%s cannot be replayed (%s); skipped (further ones are"
+                                   " counted, not logged)", cursor.path, at, exc)
                 continue
             if ev is None:
                 continue
             for tag, kind in ev.skipped:
                 self._say_once(w, f"skip:{prefix}/{tag}:{kind}", logging.INFO,
-                               "%s: tag %r (%s) is not replayed (see docs/data-types.md); skipped",
-                               w.ref.name, tag, kind)
+                               "%s: tag %s (%s) is not replayed (see docs/data-types.md); skipped",
+                               w.ref.name, short_tag(tag), kind)
             out.append((prefix, ev) if ends is None else (ends[i], prefix, ev))
         return out
 
+    _MAX_REPORTED = 4096  # distinct messages remembered per run: a hostile file can make millions
+
     def _say_once(self, w: _Worker, key: str, level: int, msg: str, *args: object) -> None:
-        if key not in w.reported:
-            w.reported.add(key)
-            log.log(level, msg, *args)
+        if key in w.reported:
+            return
+        if len(w.reported) >= self._MAX_REPORTED:
+            if len(w.reported) == self._MAX_REPORTED:
+                w.reported.add("")
+                log.warning("%s: more than %d distinct problems; further ones are counted, not logged",
+                            w.ref.name, self._MAX_REPORTED)
+            return
+        w.reported.add(key)
+        log.log(level, msg, *args)
 
     def _read_file(self, w: _Worker, c: _Cursor, budget: int):
         try:
@@ -429,7 +484,7 @@ class Engine:
         if size <= c.offset or size == c.stuck_size:
             return None
         try:
-            rb = read_batch(c.path, c.offset, budget)
+            rb = read_batch(c.path, c.offset, budget, **self._read_args)
         except OSError as exc:
             self._say_once(w, "io:" + c.path, logging.WARNING, "cannot read %s: %s", c.path, exc.strerror or exc)
             return None
@@ -451,7 +506,7 @@ class Engine:
         elif st.st_size < c.offset:
             reason = f"it is shorter ({st.st_size} bytes) than what was already read ({c.offset})"
         elif c.verify_head and rec.head >= 0 and st.st_size >= _HEAD_BYTES:
-            if _head_crc(c.path) not in (rec.head, None):
+            if _head_crc(c.path, self._open_event) not in (rec.head, None):
                 reason = "its first bytes changed"
         c.verify_head = False
         if reason:
@@ -464,7 +519,7 @@ class Engine:
         if not rec.inode:
             rec.dev, rec.inode = st.st_dev, st.st_ino
         if rec.head < 0 and st.st_size >= _HEAD_BYTES:
-            head = _head_crc(c.path)
+            head = _head_crc(c.path, self._open_event)
             rec.head = -1 if head is None else head
 
     def _forget_vanished(self, seen: set[str]) -> None:
@@ -498,10 +553,11 @@ class Engine:
             return
         c.record.corrupt += len(corrupt)
         self.report.corrupt_records += len(corrupt)
-        self.report.errors["checksum"] = self.report.errors.get("checksum", 0) + len(corrupt)
-        self._say_once(w, "crc:" + c.path, logging.WARNING,
-                       "%s: record at byte %d fails its checksum; skipped (further ones are counted"
-                       " in the state store, not logged)", c.path, corrupt[0].offset)
+        for exc in corrupt:
+            kind = "oversize" if isinstance(exc, OversizeRecordError) else "checksum"
+            self.report.error(kind)
+            self._say_once(w, f"{kind}:{c.path}", logging.WARNING, "%s: %s at byte %d; skipped (further"
+                           " ones are counted in the state store, not logged)", c.path, exc.reason, exc.offset)
 
     def step(self, w: _Worker) -> int:
         """Read, journal and send one batch of `w`; returns the bytes consumed (0: nothing new)."""
@@ -584,11 +640,14 @@ class Engine:
     # -- run metadata and artifacts (the file protocol, see metadata.py) ----------------------
     def _metadata(self, w: _Worker) -> RunMetadata | None:
         try:
-            return load_run_metadata(w.ref.directory)
+            md = load_run_metadata(w.ref.directory, self.options.limits)
         except MetadataError as exc:
             self.report.error("metadata")
             self._say_once(w, f"md:{exc}", logging.ERROR, "%s; ignored until the file changes", exc)
             return None
+        if w.ref.group and not (md and md.group):  # a further add_hparams session: grouped under its run
+            md = replace(md or RunMetadata(), group=w.ref.group)
+        return md
 
     def _meta_pending(self, w: _Worker) -> bool:
         return repr(fingerprint(w.ref.directory)) != w.meta_fp
@@ -605,20 +664,23 @@ class Engine:
             current = self._metadata(w)
             if current is not None and current != opened_with:
                 md = current
-                w.sink.update_metadata(md)
+                self._contained(w, "its metadata", w.sink.update_metadata, md)
         elif md is not None:
-            w.sink.update_metadata(md)
-        for directory in artifact_dirs(w.ref.directory):
-            aid = os.path.basename(directory)
+            self._contained(w, "its metadata", w.sink.update_metadata, md)
+        limits = self.options.limits
+        for aid in artifact_ids(w.ref.directory):
             if aid in w.applied_artifacts:
                 continue
             try:
-                request = load_artifact(directory)
+                request = load_artifact(w.ref.directory, aid, limits)
+                with staged(w.ref.directory, request, os.path.join(self.store.state_dir, "staging"),
+                            limits) as copy:
+                    # BackendError: retried with the run; anything else: this artifact is skipped
+                    self._contained(w, f"artifact {aid}", w.sink.log_artifact, copy, reraise=MetadataError)
             except MetadataError as exc:
                 self.report.error("metadata")
-                log.error("%s; artifact skipped", exc)
+                log.error("%s: %s; artifact skipped", w.ref.name, exc)
             else:
-                w.sink.log_artifact(request)  # BackendError: retried with the run
                 log.info("%s: artifact %s:%s stored (%d file(s))", w.ref.name, request.type,
                          request.name, len(request.files))
             self.store.mark_artifact(w.ref.key, aid)
@@ -626,6 +688,21 @@ class Engine:
         w.meta_fp = fp
         self.store.set_meta_fingerprint(w.ref.key, fp)
         w.writer_finished = bool(md and md.finished)
+
+    def _contained(self, w: _Worker, what: str, fn: Callable, *args: object,
+                   reraise: type[Exception] | None = None) -> None:
+        """Run one metadata/artifact operation; an unexpected error skips that one item (reported
+        once) instead of failing the run, which would be retried forever: a crash loop."""
+        try:
+            fn(*args)
+        except BackendError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - contain per item
+            if reraise is not None:
+                raise reraise(f"{type(exc).__name__}: {exc}") from exc
+            self.report.error("metadata")
+            self._say_once(w, f"contained:{what}:{exc}", logging.ERROR, "%s: %s could not be applied"
+                           " (%s: %s); skipped", w.ref.name, what, type(exc).__name__, str(exc)[:300])
 
     def _needs_open(self, w: _Worker) -> bool:
         return (w.has_data() or self._meta_pending(w)) and self._ours(w)
@@ -660,6 +737,18 @@ class Engine:
             delay = min(self.options.retry_max, 2.0 ** min(w.failures, 10))
             w.retry_at = time.monotonic() + delay
             log.error("%s (retrying in %.0fs)", exc, delay)
+            self._abandon(w)
+            return False
+        except (StateError, KeyboardInterrupt):
+            raise
+        except Exception as exc:  # noqa: BLE001 - one run's unexpected failure must not stop the others
+            self.report.error("internal")
+            w.last_error = f"{type(exc).__name__}: {exc}"
+            w.failures += 1
+            delay = self.options.retry_max
+            w.retry_at = time.monotonic() + delay
+            log.error("%s: unexpected %s: %s (this run is retried in %.0fs; other runs go on)",
+                      w.ref.name, type(exc).__name__, str(exc)[:300], delay, exc_info=log.isEnabledFor(logging.DEBUG))
             self._abandon(w)
             return False
 
@@ -785,10 +874,7 @@ class Engine:
         if not self.options.write_status:
             return None
         snapshot = self.status()
-        try:
-            self._status_writer.write(snapshot)
-        except (OSError, ValueError) as exc:
-            log.warning("cannot write %s: %s", self.status_path, exc)
+        self._status_writer.publish(snapshot)
         return snapshot
 
     def watch(self, stop: threading.Event, on_tick: Callable[[Engine, dict], None] | None = None) -> Report:
@@ -861,7 +947,9 @@ class Engine:
         Checked before finishing a run whose writer says it is done: its last file may have
         appeared after the last rescan, and finishing first would reopen the run right away.
         """
-        unseen = [p for p in discovery.scan(w.ref.directory, self._warned_dirs) if p not in w.cursors]
+        unseen = [p for p in discovery.scan(w.ref.directory, self._warned_dirs,
+                                            follow_files=self.options.follow_symlinks)
+                  if p not in w.cursors]
         if unseen:
             self.register(unseen)
         return bool(unseen)

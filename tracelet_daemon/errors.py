@@ -46,5 +46,15 @@ class CorruptRecordError(ReaderError):
         self.next_offset = next_offset
 
 
+class OversizeRecordError(CorruptRecordError):
+    """The record is longer than the configured limit: skipped by its length, never read."""
+
+
 class FramingError(ReaderError):
     """The length field is corrupt or absurd: nothing after `offset` can be trusted."""
+
+
+class ConfinementError(TraceletError, OSError):
+    """A file under the runs root is not what it must be: a symbolic link, outside its
+    directory, not a regular file, or over a size limit. The message names the path, never
+    its content."""

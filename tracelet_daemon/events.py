@@ -15,19 +15,32 @@ import re
 import struct
 import wave
 from collections.abc import Callable, MutableMapping
+from dataclasses import dataclass
 
 import numpy as np
 from google.protobuf.message import DecodeError
 from tensorboard.compat.proto import event_pb2, types_pb2
 
-from .values import (Audio, AudioBatch, Event, HParams, Histogram, Image, ImageBatch, PRCurve, RunFile,
+from . import wirecost
+from .wirecost import varint
+from .budget import RecordBudget, one_line, over_limit
+from .limits import DEFAULT, Limits
+from .values import (Audio, AudioBatch, Event, HParams, Histogram, Image, ImageBatch, Mesh, PRCurve, RunFile,
                      Text, Value, Video)
 
 # A decoder gets the summary value's payload (the oneof field, None for metadata-only values) and
-# its SummaryMetadata; it returns a Value, CONSUMED (understood, nothing to replay) or None.
+# its SummaryMetadata; it returns a Value, CONSUMED (understood, nothing to replay), a NotReplayed
+# (understood, nothing to replay, reported under its kind) or None (not understood: reported).
 Decoder = Callable[[object, object], object]
 _DECODERS: dict[str, Decoder] = {}
 CONSUMED = object()
+
+
+@dataclass(frozen=True)
+class NotReplayed:
+    """Data a decoder understood that has no counterpart to replay into; named in the report."""
+
+    kind: str
 
 # tags of event-level data (not summaries)
 GRAPH_TAG = "graph"
@@ -61,19 +74,6 @@ _F64 = struct.Struct("<d")
 _F32 = struct.Struct("<f")
 
 
-def _varint(buf: bytes, i: int) -> tuple[int, int]:
-    result = shift = 0
-    while True:
-        b = buf[i]
-        i += 1
-        result |= (b & 0x7F) << shift
-        if b < 0x80:
-            return result, i
-        shift += 7
-        if shift > 63:
-            raise IndexError("varint too long")
-
-
 def _fast_scalars(buf: bytes) -> Event | None:
     """Decode an Event holding only simple_value summaries straight from the wire format.
 
@@ -90,24 +90,24 @@ def _fast_scalars(buf: bytes) -> Event | None:
                 (wall_time,) = _F64.unpack_from(buf, i)
                 i += 8
             elif key == 0x10:  # step, varint
-                step, i = _varint(buf, i)
+                step, i = varint(buf, i, n)
                 if step >= 1 << 63:
                     step -= 1 << 64
             elif key == 0x2A:  # summary
-                size, i = _varint(buf, i)
+                size, i = varint(buf, i, n)
                 end = i + size
                 if end > n:
                     return None
                 while i < end:
                     if buf[i] != 0x0A:  # Summary.value
                         return None
-                    vsize, i = _varint(buf, i + 1)
+                    vsize, i = varint(buf, i + 1, n)
                     vend = i + vsize
                     tag, value = "", None
                     while i < vend:
                         vkey = buf[i]
                         if vkey == 0x0A:  # tag
-                            tsize, i = _varint(buf, i + 1)
+                            tsize, i = varint(buf, i + 1, n)
                             tag = buf[i : i + tsize].decode("utf-8")
                             i += tsize
                         elif vkey == 0x15:  # simple_value, fixed32
@@ -122,7 +122,7 @@ def _fast_scalars(buf: bytes) -> Event | None:
                     return None
             else:
                 return None
-    except (IndexError, UnicodeDecodeError, struct.error):
+    except (IndexError, UnicodeDecodeError, struct.error, wirecost.WireError):
         return None
     if i != n or not values:
         return None
@@ -157,22 +157,59 @@ def _one_scalar(buf: bytes) -> Event | None:
     return Event(step, _F64.unpack_from(buf, 1)[0], [(tag, _F32.unpack_from(buf, tag_end + 1)[0])], [])
 
 
-def decode_event(payload: bytes, plugins: MutableMapping[str, str]) -> Event | None:
-    """Typed values of one event; None for events with nothing to replay (file_version, ...)."""
-    fast = _one_scalar(payload)
-    if fast is not None:
-        return fast
-    fast = _fast_scalars(payload)
-    if fast is not None:
-        return fast
-    return _decode_proto(payload, plugins)
+def decode_event(payload: bytes, plugins: MutableMapping[str, str], *, limits: Limits = DEFAULT) -> Event | None:
+    """Typed values of one event; None for events with nothing to replay (file_version, ...).
+
+    Raises nothing but UndecodableEvent: for bytes that are not an event, for a record over a
+    limit (the message names the tag, the limit and its variable) and for anything else going
+    wrong inside, so one hostile record can never stop its file, its run or the daemon.
+    """
+    try:
+        if wirecost.may_exceed(len(payload), limits.max_decoded_bytes):
+            _check_wire_cost(payload, limits)
+        fast = _one_scalar(payload)
+        if fast is not None:
+            return fast
+        fast = _fast_scalars(payload)
+        if fast is not None:
+            return fast
+        return _decode_proto(payload, plugins, limits)
+    except UndecodableEvent:
+        raise
+    except Exception as exc:  # noqa: BLE001 - MemoryError, RecursionError, a decoder's bug: one record
+        raise UndecodableEvent(one_line(exc)) from exc
 
 
-def _decode_proto(payload: bytes, plugins: MutableMapping[str, str]) -> Event | None:
+def _check_wire_cost(payload: bytes, limits: Limits) -> None:
+    """Refuse a large record whose protobuf would parse into more memory than the limit allows."""
+    budget = limits.max_decoded_bytes
+    try:
+        cost = wirecost.estimate(payload, event_pb2.Event.DESCRIPTOR, budget)
+    except wirecost.WireError as exc:
+        raise UndecodableEvent(f"not an event protobuf ({exc})") from None
+    if cost > budget:
+        raise over_limit(None, f"a record of {len(payload)} bytes parsing into more than {budget} bytes of"
+                         " objects", limits, "max_decoded_bytes")
+
+
+def _check_value(budget: RecordBudget, kind: str, v, plugin: str) -> None:
+    """Refuse the record before a value is decoded into more than the limits allow."""
+    if v.metadata.plugin_data.content:
+        budget.nested(v.tag, len(v.metadata.plugin_data.content))
+    if kind == "tensor":
+        budget.tensor(v.tag, v.tensor, plugin)
+    elif kind == "histo":
+        budget.histogram_proto(v.tag, v.histo)
+    elif kind == "image" and v.image.encoded_image_string[:4] != b"GIF8":
+        budget.images(v.tag, (v.image.encoded_image_string,))
+
+
+def _decode_proto(payload: bytes, plugins: MutableMapping[str, str], limits: Limits = DEFAULT) -> Event | None:
     try:
         ev = _ParseEvent(payload)
     except DecodeError as exc:
         raise UndecodableEvent(str(exc)) from exc
+    budget = RecordBudget(limits, len(payload))
     what = ev.WhichOneof("what")
     if what != "summary":
         value = _event_level(ev, what)
@@ -194,14 +231,23 @@ def _decode_proto(payload: bytes, plugins: MutableMapping[str, str]) -> Event | 
         fn = _DECODERS.get(f"{kind}:{plugin}")
         if fn is None and (not plugin or kind not in ("tensor", "empty")):
             fn = _DECODERS.get(kind)  # TF1 fields; a tensor of an unknown plugin is not guessed at
+        if fn is not None:
+            _check_value(budget, kind, v, plugin)
         value = fn(getattr(v, kind) if kind != "empty" else None, v.metadata) if fn is not None else None
         if value is CONSUMED:
             continue
+        if isinstance(value, NotReplayed):
+            skipped.append((v.tag, value.kind))
+            continue
+        if isinstance(value, _MeshPart):
+            value = _mesh(v.tag, value)
         if value is None:
             what_kind = f"{kind}:{plugin}" if plugin else kind
             skipped.append((v.tag, "no data" if what_kind == "empty" else what_kind))
             continue
         tag = v.tag
+        if isinstance(value, tuple):  # a mesh part, named by its mesh
+            tag, value = value
         if isinstance(value, Text) and tag.endswith(TEXT_SUFFIX) and len(tag) > len(TEXT_SUFFIX):
             tag = tag[: -len(TEXT_SUFFIX)]
         batched = batched or (kind in ("image", "audio") and _TF1_ITEM.match(tag) is not None)
@@ -212,11 +258,15 @@ def _decode_proto(payload: bytes, plugins: MutableMapping[str, str]) -> Event | 
 
 
 # TF1 image/audio summaries with max_outputs > 1 write one value per item: "<name>/image/<i>"
-_TF1_ITEM = re.compile(r"(.+/(?:image|audio))/(\d+)")
+_TF1_ITEM = re.compile(r"(.+/(?:image|audio))/(\d{1,9})")  # more digits: not an item number
 
 
 def _merge_tf1_items(values: list[tuple[str, Value]]) -> list[tuple[str, Value]]:
-    """``x/image/0..n-1`` of one event → one ImageBatch ``x/image`` (audio alike), in order."""
+    """``x/image/0..n-1`` of one event → one ImageBatch ``x/image`` (audio alike), in order.
+
+    TF1 numbers the items whenever ``max_outputs > 1``, however many the batch had, so a lone
+    ``x/image/0`` is the same series with one item: it becomes the single value ``x/image``.
+    """
     groups: dict[str, dict[int, Value]] = {}
     for tag, value in values:
         m = _TF1_ITEM.fullmatch(tag)
@@ -225,10 +275,13 @@ def _merge_tf1_items(values: list[tuple[str, Value]]) -> list[tuple[str, Value]]
     merged: dict[str, Value] = {}
     for base, items in groups.items():
         kinds = {type(v) for v in items.values()}
-        if len(items) < 2 or sorted(items) != list(range(len(items))) or len(kinds) != 1:
+        if sorted(items) != list(range(len(items))) or len(kinds) != 1:
             continue
         ordered = tuple(items[i] for i in range(len(items)))
-        merged[base] = ImageBatch(ordered) if kinds == {Image} else AudioBatch(ordered)  # type: ignore
+        if len(ordered) == 1:
+            merged[base] = ordered[0]
+        else:
+            merged[base] = ImageBatch(ordered) if kinds == {Image} else AudioBatch(ordered)  # type: ignore
     if not merged:
         return values
     out: list[tuple[str, Value]] = []
@@ -245,10 +298,15 @@ def _merge_tf1_items(values: list[tuple[str, Value]]) -> list[tuple[str, Value]]
 # -- event-level data: graphs and run metadata --------------------------------------------------
 
 
+_TEXT_FORM_MAX = 1 << 20  # larger messages stay binary: parsing and printing them costs ~50x their size
+
+
 def _as_text_proto(data: bytes, message_cls) -> tuple[bytes, str]:
-    """Protobuf text format (readable in W&B's file browser), or the raw bytes if unparseable."""
+    """Protobuf text format (readable in W&B's file browser), or the raw bytes if unparseable or large."""
     from google.protobuf import text_format
 
+    if len(data) > _TEXT_FORM_MAX:
+        return bytes(data), ".pb"
     try:
         msg = message_cls.FromString(data)
         return text_format.MessageToString(msg).encode("utf-8"), ".pbtxt"
@@ -327,6 +385,7 @@ _NUMPY_DTYPES = {
     types_pb2.DT_INT64: (np.int64, "int64_val"),
     types_pb2.DT_HALF: (np.float16, "half_val"),
     types_pb2.DT_BOOL: (np.bool_, "bool_val"),
+    types_pb2.DT_UINT8: (np.uint8, "int_val"),  # TF2 mesh colors
 }
 
 
@@ -472,11 +531,55 @@ def _hparams(_t, meta) -> HParams | object | None:
     if which == "session_start_info":
         hp = data.session_start_info.hparams
         return HParams(tuple((name, _struct_value(hp[name])) for name in sorted(hp)))
-    if which in ("experiment", "session_end_info"):
-        # hparam domains, metric names and a session's end status: TensorBoard bookkeeping with
-        # no W&B counterpart (the metrics themselves arrive as scalars)
-        return CONSUMED
+    if which == "experiment":
+        # hparam domains and metric names: TensorBoard bookkeeping with no W&B counterpart (the
+        # hparams arrive with the session, the metrics as scalars)
+        return NotReplayed("hparams experiment summary")
+    if which == "session_end_info":
+        return NotReplayed("hparams session end status")
     return None
+
+
+# -- meshes: one tensor per part, combined into one Mesh per tag and step ------------------------
+
+_MESH_PARTS = ("", "vertices", "faces", "colors")  # by MeshPluginData.ContentType: VERTEX=1, FACE, COLOR
+# the tag of a part: "<mesh>_VERTEX" (torch, TF2; under TF2 name scopes) or "<mesh>_1" (tensorboardX)
+_MESH_TAG = re.compile(r"(.+)_(VERTEX|FACE|COLOR|[123])", re.DOTALL)
+_MESH_TYPES = {"VERTEX": 1, "FACE": 2, "COLOR": 3, "1": 1, "2": 2, "3": 3}
+
+
+@dataclass(frozen=True)
+class _MeshPart:
+    """One tensor of a mesh before its tag names the mesh (TF2 writes a tag's metadata only once)."""
+
+    data: bytes
+    batch: int
+    content_type: int  # 0: the metadata did not say
+
+
+@decoder("tensor:mesh")
+def _mesh_tensor(t, meta=None) -> _MeshPart | None:
+    arr = tensor_array(t)
+    if arr is None or arr.ndim != 3 or arr.shape[2] != 3 or arr.size == 0:
+        return None
+    content_type = 0
+    if meta is not None and meta.plugin_data.content:
+        from tensorboard.plugins.mesh import plugin_data_pb2
+
+        try:
+            content_type = int(plugin_data_pb2.MeshPluginData.FromString(meta.plugin_data.content).content_type)
+        except DecodeError:
+            pass
+    return _MeshPart(arr.astype("<f4").tobytes(), int(arr.shape[0]), content_type)
+
+
+def _mesh(tag: str, part: _MeshPart) -> tuple[str, Mesh] | None:
+    """(mesh tag, a Mesh holding `part`): the part's kind from its metadata, else from its tag."""
+    m = _MESH_TAG.fullmatch(tag)
+    content_type = part.content_type or (_MESH_TYPES[m.group(2)] if m else 0)
+    if m is None or not 1 <= content_type <= 3:
+        return None
+    return m.group(1), Mesh(**{_MESH_PARTS[content_type]: part.data}, batch=part.batch)
 
 
 @decoder("tensor:graph_keras_model")

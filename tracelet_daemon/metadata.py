@@ -13,7 +13,10 @@ directory, so a sidecar with no shared memory and no credentials in the trainer 
 
 Writers replace run.json atomically (temp file + rename) and publish an artifact by renaming its
 finished directory into ``artifacts/``, so readers never see half a request. Everything read
-here is untrusted: names are checked and paths cannot leave the run directory.
+here is untrusted: every file is opened through `confine` (no symlink below the run directory is
+followed, what was opened is checked on its descriptor), sizes and nesting are bounded
+(`limits.Limits`), YAML aliases are refused, names are checked, and artifact bytes are copied from
+those descriptors into a private staging directory before any backend sees a path.
 
 ``uploader`` (optional) names who replays the run: ``"sidecar"`` (a ``tracelet watch``/``upload``),
 ``"in-process"`` (the ``tracelet`` shim's own engine inside the training process) or ``"none"``.
@@ -28,7 +31,16 @@ import json
 import logging
 import os
 import re
-from dataclasses import dataclass, field
+import shutil
+import tempfile
+import unicodedata
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
+
+from . import confine
+from .errors import ConfinementError
+from .limits import DEFAULT, Limits
 
 log = logging.getLogger("tracelet.metadata")
 
@@ -38,7 +50,6 @@ ARTIFACTS = "artifacts"
 RUN_FORMAT = "tracelet.run/1"
 ARTIFACT_FORMAT = "tracelet.artifact/1"
 LIGHTNING_HPARAMS = "hparams.yaml"
-_MAX_FILE = 16 << 20  # a metadata file larger than this is not metadata
 _ARTIFACT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 _STR_FIELDS = ("name", "project", "entity", "notes", "group", "job_type", "run_id", "uploader")
 
@@ -78,17 +89,19 @@ def run_file(run_dir: str) -> str:
 
 
 def fingerprint(run_dir: str) -> tuple:
-    """Cheap change detector: (mtime_ns, size) of each metadata source and the artifact list."""
+    """Cheap change detector: (mtime_ns, size) of each metadata source and the artifact list.
+
+    lstat only: a symlink planted here changes the fingerprint but is never read through."""
     out = []
     if not os.path.isdir(os.path.join(run_dir, DIRNAME)):  # most runs: one stat instead of three calls
         try:
-            st = os.stat(os.path.join(run_dir, LIGHTNING_HPARAMS))
+            st = os.lstat(os.path.join(run_dir, LIGHTNING_HPARAMS))
             return (None, (st.st_mtime_ns, st.st_size), ())
         except OSError:
             return (None, None, ())
     for path in (run_file(run_dir), os.path.join(run_dir, LIGHTNING_HPARAMS)):
         try:
-            st = os.stat(path)
+            st = os.lstat(path)
             out.append((st.st_mtime_ns, st.st_size))
         except OSError:
             out.append(None)
@@ -100,20 +113,52 @@ def fingerprint(run_dir: str) -> tuple:
 
 
 def has_metadata(run_dir: str) -> bool:
-    return os.path.isfile(run_file(run_dir)) or os.path.isfile(os.path.join(run_dir, LIGHTNING_HPARAMS))
+    return confine.is_regular(run_file(run_dir)) or confine.is_regular(os.path.join(run_dir, LIGHTNING_HPARAMS))
 
 
-def _read_json(path: str) -> dict:
+def _depth_ok(data: object, max_depth: int) -> bool:
+    """Iterative: a deep document must not be able to exhaust the stack of whoever walks it."""
+    stack = [(data, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            children = item.values()
+        elif isinstance(item, list):
+            children = item
+        else:
+            continue
+        if depth > max_depth:
+            return False
+        stack.extend((c, depth + 1) for c in children)
+    return True
+
+
+def _read_json(base: str, rel: str, limits: Limits = DEFAULT) -> dict:
+    path = os.path.join(base, rel)
     try:
-        if os.path.getsize(path) > _MAX_FILE:
-            raise MetadataError(f"{path}: larger than {_MAX_FILE} bytes")
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
-    except (OSError, ValueError) as exc:
-        raise MetadataError(f"{path}: {exc}") from exc
+        raw = confine.read_file(base, rel, limits.max_metadata_bytes)
+        data = json.loads(raw)
+    except ConfinementError as exc:
+        raise MetadataError(str(exc)) from None
+    except RecursionError:
+        raise MetadataError(f"{path}: nested deeper than {limits.max_metadata_depth} levels") from None
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise MetadataError(f"{path}: not valid JSON ({_position(exc)})") from None
     if not isinstance(data, dict):
         raise MetadataError(f"{path}: not a JSON object")
+    if not _depth_ok(data, limits.max_metadata_depth):
+        raise MetadataError(f"{path}: nested deeper than {limits.max_metadata_depth} levels")
     return data
+
+
+def _position(exc: Exception) -> str:
+    """Where a parse failed, without quoting the (untrusted, possibly secret) content."""
+    if isinstance(exc, json.JSONDecodeError):
+        return f"line {exc.lineno} column {exc.colno}"
+    mark = getattr(exc, "problem_mark", None)
+    if mark is not None:
+        return f"line {mark.line + 1} column {mark.column + 1}"
+    return type(exc).__name__
 
 
 def _check_format(path: str, data: dict, expected: str) -> None:
@@ -126,24 +171,27 @@ def _check_format(path: str, data: dict, expected: str) -> None:
         raise MetadataError(f"{path}: format {fmt!r} is newer than this tracelet understands ({expected})")
 
 
-def _lightning_hparams(run_dir: str) -> dict[str, object]:
+def _lightning_hparams(run_dir: str, limits: Limits = DEFAULT) -> dict[str, object]:
     path = os.path.join(run_dir, LIGHTNING_HPARAMS)
-    if not os.path.isfile(path):
+    if not os.path.lexists(path):
         return {}
     import yaml
 
     try:
-        if os.path.getsize(path) > _MAX_FILE:
-            raise MetadataError(f"{path}: larger than {_MAX_FILE} bytes")
-        with open(path, encoding="utf-8") as f:
-            text = f.read()
+        text = confine.read_file(run_dir, LIGHTNING_HPARAMS, limits.max_metadata_bytes)
         try:
-            data = yaml.safe_load(text)
+            data = yaml.load(text, Loader=_loader(limits.max_metadata_depth, lenient=False))  # noqa: S506
         except yaml.constructor.ConstructorError:
             # Lightning may write python/* tags (e.g. for Namespace); read them as plain data
-            data = yaml.load(text, Loader=_lenient_loader())  # noqa: S506 - builds no objects
-    except (OSError, yaml.YAMLError) as exc:
-        raise MetadataError(f"{path}: {exc}") from exc
+            data = yaml.load(text, Loader=_loader(limits.max_metadata_depth, lenient=True))  # noqa: S506
+    except ConfinementError as exc:
+        raise MetadataError(str(exc)) from None
+    except RecursionError:
+        raise MetadataError(f"{path}: nested deeper than {limits.max_metadata_depth} levels") from None
+    except _Refused as exc:
+        raise MetadataError(f"{path}: {exc}") from None
+    except (yaml.YAMLError, ValueError) as exc:
+        raise MetadataError(f"{path}: not valid YAML ({_position(exc)})") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -156,35 +204,63 @@ def read_lightning_hparams(directory: str) -> dict[str, object]:
     return _lightning_hparams(directory)
 
 
-def _lenient_loader():
-    """A SafeLoader that reads unknown tags as the plain scalar, list or mapping they wrap."""
+class _Refused(ValueError):
+    """A YAML document uses what metadata never needs (aliases) or nests too deep."""
+
+
+def _loader(max_depth: int, *, lenient: bool):
+    """A SafeLoader with no aliases (a few hundred bytes of them expand to gigabytes) and bounded
+    nesting; `lenient` also reads unknown tags as the plain scalar, list or mapping they wrap."""
     import yaml
 
-    class Lenient(yaml.SafeLoader):
-        pass
+    class Bounded(yaml.SafeLoader):
+        _depth = 0
 
-    def plain(loader, _suffix, node):  # noqa: ANN001
-        if isinstance(node, yaml.ScalarNode):
-            return loader.construct_scalar(node)
-        if isinstance(node, yaml.SequenceNode):
-            return loader.construct_sequence(node, deep=True)
-        return loader.construct_mapping(node, deep=True)
+        def compose_node(self, parent, index):  # noqa: ANN001
+            if self.check_event(yaml.AliasEvent):
+                raise _Refused("YAML aliases are not accepted in metadata")
+            self._depth += 1
+            try:
+                if self._depth > max_depth:
+                    raise _Refused(f"nested deeper than {max_depth} levels")
+                return super().compose_node(parent, index)
+            finally:
+                self._depth -= 1
 
-    Lenient.add_multi_constructor("tag:yaml.org,2002:python/", plain)
-    Lenient.add_multi_constructor("!", plain)
-    return Lenient
+    if lenient:
+        def plain(loader, _suffix, node):  # noqa: ANN001
+            if isinstance(node, yaml.ScalarNode):
+                return loader.construct_scalar(node)
+            if isinstance(node, yaml.SequenceNode):
+                return loader.construct_sequence(node, deep=True)
+            return loader.construct_mapping(node, deep=True)
+
+        Bounded.add_multi_constructor("tag:yaml.org,2002:python/", plain)
+        Bounded.add_multi_constructor("!", plain)
+    return Bounded
 
 
-def load_run_metadata(run_dir: str) -> RunMetadata | None:
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]+")
+
+
+def display_text(value: str, limit: int = 128) -> str:
+    """A name fit to show a person: control characters (newlines, escapes) become one space,
+    invisible formatting characters go, surrounding space is trimmed, length is bounded."""
+    text = "".join(ch for ch in _CONTROL.sub(" ", value) if unicodedata.category(ch) != "Cf")
+    text = " ".join(text.split())
+    return text[:limit].rstrip() or "run"
+
+
+def load_run_metadata(run_dir: str, limits: Limits = DEFAULT) -> RunMetadata | None:
     """Merged metadata of a run directory (Lightning's hparams.yaml, then run.json); None if none.
 
     Raises MetadataError naming the file when a source exists but is unusable.
     """
-    config: dict[str, object] = dict(_lightning_hparams(run_dir))
+    config: dict[str, object] = dict(_lightning_hparams(run_dir, limits))
     path = run_file(run_dir)
-    if not os.path.isfile(path):
+    if not os.path.lexists(path):
         return RunMetadata(config=config) if config else None
-    data = _read_json(path)
+    data = _read_json(run_dir, f"{DIRNAME}/{RUN_FILE}", limits)
     _check_format(path, data, RUN_FORMAT)
     kwargs: dict[str, object] = {}
     for key in _STR_FIELDS:
@@ -193,6 +269,8 @@ def load_run_metadata(run_dir: str) -> RunMetadata | None:
             if not isinstance(value, str):
                 raise MetadataError(f"{path}: {key!r} must be a string")
             kwargs[key] = value
+    if "name" in kwargs:
+        kwargs["name"] = display_text(str(kwargs["name"]))
     tags = data.get("tags") or []
     if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):
         raise MetadataError(f"{path}: 'tags' must be a list of strings")
@@ -200,32 +278,38 @@ def load_run_metadata(run_dir: str) -> RunMetadata | None:
     if not isinstance(extra, dict):
         raise MetadataError(f"{path}: 'config' must be an object")
     config.update(extra)
-    return RunMetadata(tags=tuple(tags), config=config, finished=bool(data.get("finished")), **kwargs)
+    return RunMetadata(tags=tuple(display_text(t, 64) for t in tags), config=config,
+                       finished=bool(data.get("finished")), **kwargs)
 
 
-def _inside(base: str, rel: str) -> str | None:
-    path = os.path.realpath(os.path.join(base, rel))
-    root = os.path.realpath(base)
-    return path if path == root or path.startswith(root + os.sep) else None
+def load_artifact(run_dir: str, artifact_id: str, limits: Limits = DEFAULT) -> ArtifactRequest:
+    """One published artifact request; raises MetadataError naming the file if unusable.
 
-
-def load_artifact(directory: str) -> ArtifactRequest:
-    """One published artifact request; raises MetadataError naming the file if unusable."""
-    path = os.path.join(directory, "manifest.json")
-    data = _read_json(path)
+    Its files are paths relative to the artifact directory, not yet opened: `staged()` copies
+    them (confined) before a backend may see them."""
+    rel_dir = f"{DIRNAME}/{ARTIFACTS}/{artifact_id}"
+    path = os.path.join(run_dir, rel_dir, "manifest.json")
+    data = _read_json(run_dir, f"{rel_dir}/manifest.json", limits)
     _check_format(path, data, ARTIFACT_FORMAT)
     name, kind = data.get("name"), data.get("type") or "artifact"
     if not isinstance(name, str) or not _ARTIFACT_NAME.fullmatch(name):
-        raise MetadataError(f"{path}: artifact name {name!r} must match {_ARTIFACT_NAME.pattern}")
+        raise MetadataError(f"{path}: artifact name must match {_ARTIFACT_NAME.pattern}")
     if not isinstance(kind, str) or not _ARTIFACT_NAME.fullmatch(kind):
-        raise MetadataError(f"{path}: artifact type {kind!r} must match {_ARTIFACT_NAME.pattern}")
+        raise MetadataError(f"{path}: artifact type must match {_ARTIFACT_NAME.pattern}")
+    entries = data.get("files") or []
+    if not isinstance(entries, list):
+        raise MetadataError(f"{path}: 'files' must be a list")
+    if len(entries) > limits.max_artifact_files:
+        raise MetadataError(f"{path}: {len(entries)} files, over the limit of {limits.max_artifact_files}"
+                            " (TRACELET_MAX_ARTIFACT_FILES)")
     files = []
-    for entry in data.get("files") or []:
+    for entry in entries:
         if not isinstance(entry, dict) or not isinstance(entry.get("path"), str):
             raise MetadataError(f"{path}: each file needs a 'path'")
-        src = _inside(directory, entry["path"])
-        if src is None or not os.path.isfile(src):
-            raise MetadataError(f"{path}: file {entry['path']!r} is missing or outside the artifact")
+        src = entry["path"]
+        parts = src.replace(os.sep, "/").split("/")
+        if src.startswith("/") or ".." in parts or not any(p not in ("", ".") for p in parts):
+            raise MetadataError(f"{path}: file {src!r} is outside the artifact")
         target = str(entry.get("name") or os.path.basename(src))
         if os.path.isabs(target) or ".." in target.split("/"):
             raise MetadataError(f"{path}: file name {target!r} must be relative")
@@ -235,20 +319,51 @@ def load_artifact(directory: str) -> ArtifactRequest:
     if not isinstance(metadata, dict) or not isinstance(aliases, list):
         raise MetadataError(f"{path}: 'metadata' must be an object and 'aliases' a list")
     return ArtifactRequest(
-        id=os.path.basename(directory), name=name, type=kind,
+        id=artifact_id, name=name, type=kind,
         description=str(data.get("description") or ""), metadata=metadata,
         aliases=tuple(str(a) for a in aliases), files=tuple(files),
     )
 
 
-def artifact_dirs(run_dir: str) -> list[str]:
-    """Published artifact directories of a run, in publication order (ids sort by sequence)."""
-    base = os.path.join(run_dir, DIRNAME, ARTIFACTS)
+@contextmanager
+def staged(run_dir: str, request: ArtifactRequest, staging_root: str,
+           limits: Limits = DEFAULT) -> Iterator[ArtifactRequest]:
+    """`request` with each file copied, through a confined descriptor, into a private directory
+    under `staging_root` (removed afterwards): a backend only ever opens tracelet's own copies,
+    so no swap of a file for a symlink between our check and its read can leak anything."""
+    rel_dir = f"{DIRNAME}/{ARTIFACTS}/{request.id}"
+    os.makedirs(staging_root, mode=0o700, exist_ok=True)
+    stage = tempfile.mkdtemp(prefix="artifact-", dir=staging_root)
     try:
-        names = sorted(n for n in os.listdir(base) if not n.startswith("."))
-    except OSError:
+        files, total = [], 0
+        for i, (src, target) in enumerate(request.files):
+            what = os.path.join(run_dir, rel_dir, src)
+            try:
+                fd = confine.open_file(run_dir, f"{rel_dir}/{src}", single_link=True)
+                try:
+                    dest = os.path.join(stage, str(i))
+                    total += confine.copy_fd(fd, dest, limits.max_artifact_bytes - total, what)
+                finally:
+                    os.close(fd)
+            except ConfinementError as exc:
+                raise MetadataError(f"artifact {request.name!r}: {exc}"
+                                    + (" (TRACELET_MAX_ARTIFACT_BYTES)" if "limit" in str(exc) else "")) from None
+            except OSError as exc:
+                raise MetadataError(f"artifact {request.name!r}: {what}: {exc.strerror or exc}") from None
+            files.append((dest, target))
+        yield replace(request, files=tuple(files))
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+
+
+def artifact_ids(run_dir: str) -> list[str]:
+    """Published artifact directories of a run, in publication order (ids sort by sequence);
+    symlinks are not artifact directories."""
+    try:
+        listed = confine.entries(run_dir, f"{DIRNAME}/{ARTIFACTS}")
+    except ConfinementError:
         return []
-    return [os.path.join(base, n) for n in names if os.path.isdir(os.path.join(base, n))]
+    return sorted(name for name, is_dir in listed if is_dir and not name.startswith("."))
 
 
 _UPLOADER_CACHE: dict[str, tuple[tuple, str | None]] = {}
@@ -261,7 +376,7 @@ def uploader_of(run_dir: str) -> str | None:
     """
     path = run_file(run_dir)
     try:
-        st = os.stat(path)
+        st = os.lstat(path)
     except OSError:
         _UPLOADER_CACHE.pop(path, None)
         return None
@@ -270,7 +385,7 @@ def uploader_of(run_dir: str) -> str | None:
     if cached is not None and cached[0] == ident:
         return cached[1]
     try:
-        value = _read_json(path).get("uploader")
+        value = _read_json(run_dir, f"{DIRNAME}/{RUN_FILE}").get("uploader")
     except MetadataError:
         value = None
     value = value if isinstance(value, str) and value else None

@@ -14,16 +14,17 @@ from __future__ import annotations
 
 import os
 import struct
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from google_crc32c import value as _crc32c
 
-from .errors import CorruptRecordError, FramingError, TruncatedRecordError
+from .errors import CorruptRecordError, FramingError, OversizeRecordError, TruncatedRecordError
 
 HEADER_SIZE = 12
 FOOTER_SIZE = 4
 MAX_RECORD_SIZE = 1 << 30  # a TensorBoard event is never near this; a bigger length is garbage
+DEFAULT_MAX_PAYLOAD = 64 << 20  # records over this are skipped unread (limits.Limits.max_record_bytes)
 _MASK_DELTA = 0xA282EAD8
 _HEADER = struct.Struct("<QI")
 _FOOTER = struct.Struct("<I")
@@ -55,11 +56,15 @@ class RecordReader:
     One descriptor is held until ``close``; reads never go past what the file holds.
     """
 
-    def __init__(self, path: str, offset: int = 0, *, chunk_size: int = _DEFAULT_CHUNK) -> None:
+    def __init__(self, path: str, offset: int = 0, *, chunk_size: int = _DEFAULT_CHUNK,
+                 max_payload: int = DEFAULT_MAX_PAYLOAD, opener: Callable[[str], int] | None = None) -> None:
+        """`opener(path) -> fd` opens the file (a confined opener for untrusted roots);
+        records longer than `max_payload` are skipped by their checksummed length, unread."""
         self.path = path
         self.offset = offset
         self._chunk = max(chunk_size, HEADER_SIZE + FOOTER_SIZE)
-        self._fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+        self._max_payload = max_payload
+        self._fd = opener(path) if opener is not None else os.open(path, os.O_RDONLY | os.O_CLOEXEC)
         self._buf = b""
         self._buf_start = offset  # file position of self._buf[0]
         # headers (length + its CRC) already verified: most events of a log have one of a few
@@ -117,6 +122,15 @@ class RecordReader:
         if length > MAX_RECORD_SIZE:
             raise FramingError(self.path, start, f"absurd record length {length}")
         total = HEADER_SIZE + length + FOOTER_SIZE
+        if length > self._max_payload:
+            available = self.size() - start
+            if available < total:
+                raise TruncatedRecordError(
+                    self.path, start, f"incomplete record ({available} of {total} bytes on disk)")
+            self.offset = start + total
+            raise OversizeRecordError(
+                self.path, start, f"record of {length} bytes is over the limit of {self._max_payload}"
+                " (TRACELET_MAX_RECORD_BYTES); skipped unread", self.offset)
         if len(buf) - rel < total:
             available = self.size() - start
             if available < total:
@@ -156,7 +170,8 @@ class ReadBatch:
         return not (self.at_eof or self.pending is not None or self.fatal is not None)
 
 
-def read_batch(path: str, offset: int, max_bytes: int = 8 << 20, *, end: int | None = None) -> ReadBatch:
+def read_batch(path: str, offset: int, max_bytes: int = 8 << 20, *, end: int | None = None,
+               max_payload: int = DEFAULT_MAX_PAYLOAD, opener: Callable[[str], int] | None = None) -> ReadBatch:
     """Read whole records from `offset` until `max_bytes` were consumed or `end` is reached.
 
     Passing `end` replays an exact byte range read before (crash recovery); a replay that cannot
@@ -164,7 +179,8 @@ def read_batch(path: str, offset: int, max_bytes: int = 8 << 20, *, end: int | N
     """
     batch = ReadBatch(start=offset, end=offset)
     limit = offset + max_bytes if end is None else end
-    with RecordReader(path, offset, chunk_size=min(max(max_bytes, 1 << 16), _DEFAULT_CHUNK)) as rd:
+    with RecordReader(path, offset, chunk_size=min(max(max_bytes, 1 << 16), _DEFAULT_CHUNK),
+                      max_payload=max_payload, opener=opener) as rd:
         while rd.offset < limit:
             try:
                 payload = rd.read_record()

@@ -22,6 +22,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from .errors import StateError
+from .lock import DirectoryLock
 
 log = logging.getLogger("tracelet.state")
 
@@ -69,6 +70,8 @@ CREATE TABLE IF NOT EXISTS batches(
     ranges TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS batches_by_run ON batches(run_key, id);
+CREATE TABLE IF NOT EXISTS claims(run_id TEXT PRIMARY KEY, run_key TEXT NOT NULL);
+INSERT OR IGNORE INTO claims(run_id, run_key) SELECT run_id, key FROM runs ORDER BY updated;
 """
 
 
@@ -121,6 +124,25 @@ def _migrate(db: sqlite3.Connection) -> None:
                 db.execute(f"ALTER TABLE {table} ADD COLUMN {name} {decl}")
 
 
+def _private(path: str) -> None:
+    """The state holds run paths and W&B logs: tighten group/other bits of what we own, warn
+    about what we cannot."""
+    try:
+        st = os.stat(path, follow_symlinks=False)
+    except FileNotFoundError:
+        return
+    if not st.st_mode & 0o077:
+        return
+    if st.st_uid == os.geteuid():
+        mode = 0o700 if os.path.isdir(path) else 0o600
+        os.chmod(path, mode, follow_symlinks=False)
+        log.warning("%s was readable by other users (mode %o); tightened to %o", path,
+                    st.st_mode & 0o777, mode)
+    else:
+        log.warning("%s is readable by other users (mode %o) and owned by another user; its run"
+                    " paths and W&B logs are visible to them", path, st.st_mode & 0o777)
+
+
 def default_state_dir() -> str:
     env = os.environ.get("TRACELET_STATE_DIR")
     if env:
@@ -134,7 +156,13 @@ class StateStore:
 
     FILENAME = "state.sqlite3"
 
-    def __init__(self, state_dir: str) -> None:
+    def __init__(self, state_dir: str, *, lock: bool = True, backend: str = "wandb") -> None:
+        """`lock`: take the directory's exclusive lock (UsageError if another process holds it);
+        only worker processes of a parent that holds it, and readers, pass False.
+
+        `backend`: whose positions these are. Each backend has a database of its own in the
+        state directory (run ids, sequence numbers, journal and offsets are per backend), so
+        backends fed at once never hold each other back and one added later replays history."""
         self.state_dir = os.path.abspath(state_dir)
         try:
             os.makedirs(self.state_dir, mode=0o700, exist_ok=True)
@@ -142,8 +170,24 @@ class StateStore:
             raise StateError(f"cannot create state directory {self.state_dir}: {exc.strerror}") from exc
         if not os.access(self.state_dir, os.W_OK | os.X_OK):
             raise StateError(f"state directory {self.state_dir} is not writable")
-        self.path = os.path.join(self.state_dir, self.FILENAME)
-        self._db = self._open()
+        _private(self.state_dir)
+        self._lock = DirectoryLock(self.state_dir) if lock else None
+        self.backend = backend
+        self.path = os.path.join(self.state_dir, self.filename(backend))
+        try:
+            # created 0600 first: SQLite gives its -wal and -shm files the database's mode
+            os.close(os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600))
+            for suffix in ("", "-wal", "-shm"):
+                _private(self.path + suffix)
+            self._db = self._open()
+        except BaseException:
+            self._release()
+            raise
+
+    @classmethod
+    def filename(cls, backend: str) -> str:
+        """W&B keeps the original name (state directories from before other backends existed)."""
+        return cls.FILENAME if backend in ("", "wandb") else f"state-{backend}.sqlite3"
 
     def _open(self) -> sqlite3.Connection:
         try:
@@ -173,6 +217,12 @@ class StateStore:
 
     def close(self) -> None:
         self._db.close()
+        self._release()
+
+    def _release(self) -> None:
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
 
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
@@ -205,6 +255,15 @@ class StateStore:
                 (run.key, run.run_id, run.name, run.backend, run.next_seq, run.acked_seq,
                  run.location, time.time()),
             )
+
+    def claim(self, run_id: str, key: str) -> str:
+        """Claim backend run id `run_id` for run `key`; returns the key that owns it now.
+
+        Atomic across processes sharing the store (parallel upload workers): the first claim
+        wins and a run id never serves two run directories."""
+        with self._tx() as db:
+            db.execute("INSERT OR IGNORE INTO claims(run_id, run_key) VALUES(?,?)", (run_id, key))
+            return db.execute("SELECT run_key FROM claims WHERE run_id=?", (run_id,)).fetchone()[0]
 
     def all_runs(self) -> list[RunRecord]:
         rows = self._db.execute(

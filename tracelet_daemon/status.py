@@ -7,6 +7,7 @@ alone (a read-only volume is enough), and a dead daemon is visible by its stale 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import tempfile
 
@@ -35,6 +36,14 @@ class SnapshotWriter:
     def __init__(self, path: str) -> None:
         self.path = path
         self._memo: dict[str, tuple[dict, str]] = {}
+
+    def publish(self, snapshot: dict) -> None:
+        """`write`, with a failure (full disk, read-only volume) logged rather than raised: the
+        status is for observers and must never stop the daemon."""
+        try:
+            self.write(snapshot)
+        except (OSError, ValueError) as exc:
+            logging.getLogger("tracelet.status").warning("cannot write %s: %s", self.path, exc)
 
     def write(self, snapshot: dict) -> None:
         memo: dict[str, tuple[dict, str]] = {}

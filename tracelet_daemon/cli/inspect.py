@@ -10,6 +10,7 @@ from typing import Annotated
 import typer
 
 from ..errors import UsageError
+from ..metadata import display_text
 
 
 def inspect(
@@ -35,7 +36,7 @@ def inspect(
             typer.echo(json.dumps(row, sort_keys=True))
         return
     keys = sorted({k for row in run.history for k in row if not k.startswith("_")})
-    typer.echo(f"run {run.run_id} ({run.display_name}) project {run.project}")
+    typer.echo(f"run {run.run_id} ({display_text(run.display_name, 200)}) project {display_text(run.project, 200)}")
     typer.echo(f"finished: {run.finished}; records: {json.dumps(run.record_counts, sort_keys=True)}")
     typer.echo(f"config: {json.dumps(run.config, sort_keys=True, default=str)[:2000]}")
     typer.echo(f"history: {len(run.history)} row(s); keys: {', '.join(keys)}")

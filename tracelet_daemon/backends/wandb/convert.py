@@ -6,7 +6,7 @@ kind routed to config/files in ``convert_row``); the sink never changes.
 
 History keys (docs/data-types.md has the full table):
 
-* scalar, histogram, image(s), video, audio: the key itself;
+* scalar, histogram, image(s), video, audio, mesh (``wandb.Object3D``): the key itself;
 * text: the key (``add_text``'s ``/text_summary`` suffix is already gone), a ``wandb.Table``
   with columns ``global_step`` and ``text`` (``text_0``, ``text_1``, ... for 2-D text);
 * PR curve: a line chart ``<key>`` whose data W&B stores as the table ``<key>_table``;
@@ -26,8 +26,10 @@ import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from ...values import (Audio, AudioBatch, HParams, Histogram, Image, ImageBatch, PRCurve, Row, RunFile,
+from ...budget import one_line, open_image, short_tag
+from ...values import (Audio, AudioBatch, HParams, Histogram, Image, ImageBatch, Mesh, PRCurve, Row, RunFile,
                        Text, Value, Video)
+from .object3d import glb_bytes, mesh_items, point_rows
 
 MAX_HIST_BINS = 512
 STEP_KEY = "global_step"
@@ -42,6 +44,14 @@ FILES_DIR = "tensorboard"  # run files (graphs, model configs) go under files/te
 MAX_TABLE_KEY = 60
 _ARTIFACT_UNSAFE = re.compile(r"[^a-zA-Z0-9_\-.]+")
 _FILE_UNSAFE = re.compile(r"[^A-Za-z0-9._/-]+")
+# W&B names media files after the history key (media/images/<key>_<step>_<hash>.png, "/" making
+# folders): a NUL fails, a long key exceeds the 255-byte name limit, a deep one W&B's recursion.
+# Keys of media values are kept to this many UTF-8 bytes without control characters, like
+# run files (tensorboard/<key>...) to this many per path component and in all.
+MAX_MEDIA_KEY = 160
+MAX_FILE_COMPONENT = 120
+MAX_FILE_PATH = 240
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 PR_COLUMNS = ["threshold", "precision", "recall", "true_positives", "false_positives",
               "true_negatives", "false_negatives"]
 
@@ -69,13 +79,39 @@ def table_key(key: str, suffix: str = "") -> str:
     return f"{key[:keep]}~{digest}"
 
 
+def _digest(key: str) -> str:
+    return hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()[:8]
+
+
+def _cut(text: str, max_bytes: int) -> str:
+    """`text` cut to at most `max_bytes` UTF-8 bytes, never inside a character."""
+    return text.encode("utf-8", "surrogatepass")[:max_bytes].decode("utf-8", "ignore")
+
+
+def media_key(key: str) -> str:
+    """`key`, or a prefix + hash of it if W&B could not name a media file after it."""
+    if len(key.encode("utf-8", "surrogatepass")) <= MAX_MEDIA_KEY and not _CONTROL.search(key):
+        return key
+    return f"{_cut(_CONTROL.sub('_', key), MAX_MEDIA_KEY - 9)}~{_digest(key)}"
+
+
 def file_name(key: str, suffix: str, step: int) -> str:
-    """Where a RunFile of `key` goes under the run's files/: ``tensorboard/<key>[.step<N>]<suffix>``."""
+    """Where a RunFile of `key` goes under the run's files/: ``tensorboard/<key>[.step<N>]<suffix>``.
+
+    A name no file system takes (a component over 255 bytes, a path over PATH_MAX) is shortened
+    to one component, a prefix of the key plus a hash of it.
+    """
+    name = _file_stem(key)
+    tail = (f".step{step}" if step else "") + suffix
+    if len(name) + len(tail) > MAX_FILE_PATH or any(len(p) + len(tail) > MAX_FILE_COMPONENT
+                                                    for p in name.split("/")):
+        name = f"{name.replace('/', '_')[: MAX_FILE_COMPONENT - len(tail) - 9]}~{_digest(key)}"
+    return f"{FILES_DIR}/{name}{tail}"
+
+
+def _file_stem(key: str) -> str:
     parts = [p for p in _FILE_UNSAFE.sub("_", key).split("/") if p and p not in (".", "..")]
-    name = "/".join(parts) or "value"
-    if step:
-        name += f".step{step}"
-    return f"{FILES_DIR}/{name}{suffix}"
+    return "/".join(parts) or "value"
 
 
 def _finite(x: float) -> float:
@@ -84,12 +120,17 @@ def _finite(x: float) -> float:
     return x if math.isfinite(x) else math.copysign(_DBL_MAX, x)
 
 
-def _pil(img: Image):
-    from PIL import Image as PILImage
+def _image(img: Image):
+    """A wandb.Image of the decoded pixels, released once W&B has written its PNG.
 
-    pic = PILImage.open(io.BytesIO(img.encoded))
-    pic.load()
-    return pic
+    The decoder checked the size against ``max_image_pixels`` before this value existed.
+    Closing the picture right away keeps one decoded image in memory at a time, not a whole row's.
+    """
+    import wandb
+
+    with open_image(img.encoded) as pic:
+        pic.load()
+        return wandb.Image(pic)
 
 
 _media_dir: str | None = None
@@ -116,6 +157,18 @@ def _audio(clip: Audio):
     out._set_file(path, is_tmp=True)  # moved (not copied) into the run: no temp files pile up
     if clip.sample_rate and clip.frames:
         out._duration = clip.frames / clip.sample_rate
+    return out
+
+
+def _object3d(vertices, faces, colors):
+    """One mesh item: a GLB file W&B moves into the run, or a point cloud when there are no faces."""
+    import wandb
+
+    if faces is None:
+        return wandb.Object3D(point_rows(vertices, colors))
+    path = _media_file(glb_bytes(vertices, faces, colors), ".glb")
+    out = wandb.Object3D(path)
+    out._set_file(path, is_tmp=True, extension=".glb")  # moved, not copied (as audio clips)
     return out
 
 
@@ -157,9 +210,9 @@ def to_wandb(value: Value, step: int = 0, key: str = ""):
         h = value.rebinned(MAX_HIST_BINS)
         return wandb.Histogram(np_histogram=(list(h.counts), [_finite(e) for e in h.edges]))
     if isinstance(value, Image):
-        return wandb.Image(_pil(value))
+        return _image(value)
     if isinstance(value, ImageBatch):
-        return [wandb.Image(_pil(i)) for i in value.images]
+        return [_image(i) for i in value.images]
     if isinstance(value, Video):
         return wandb.Video(io.BytesIO(value.encoded), format=value.format)
     if isinstance(value, Audio):
@@ -170,6 +223,9 @@ def to_wandb(value: Value, step: int = 0, key: str = ""):
         return _text_table(value, step)
     if isinstance(value, PRCurve):
         return _pr_chart(value, key)
+    if isinstance(value, Mesh):
+        objects = [_object3d(*item) for item in mesh_items(value)]
+        return objects[0] if len(objects) == 1 else objects
     raise TypeError(f"no W&B form for {type(value).__name__}")
 
 
@@ -184,31 +240,50 @@ def convert_row(row: Row, warn: Callable[[str, str], None]) -> Converted:
         if value.__class__ is float and key not in RESERVED:  # most values: nothing to convert
             history[key] = value
             continue
-        if isinstance(value, HParams):
-            out.config.update(value.as_dict())
-            continue
-        if isinstance(value, RunFile):
-            out.files.append((file_name(key, value.suffix, row.step), value.content))
-            continue
-        if key in RESERVED:
-            warn("reserved:" + key, f"tag {key!r} is a W&B name; logged as 'tb/{key}'")
-        name = safe_key(key)
-        if isinstance(value, (Text, PRCurve)):
-            short = table_key(name, "_table" if isinstance(value, PRCurve) else "")
-            if short != name:
-                warn("long:" + key, f"tag {key!r} is too long for a W&B table name; logged as {short!r}")
-                name = short
-        if isinstance(value, Histogram) and not all(map(math.isfinite, (value.edges[0], value.edges[-1]))):
-            warn("inf:" + key, f"histogram {key!r} has non-finite bounds (first at step {row.step}); "
-                 "+-inf become +-1.8e308 and NaN 0 in W&B")
-        if isinstance(value, AudioBatch) and not _have_soundfile():
-            warn("soundfile:" + key, f"{len(value.clips)} clips of {key!r} per step are logged as "
-                 f"'{name}/0', '{name}/1', ...: W&B logs lists of audio only with the soundfile package")
-            for i, clip in enumerate(value.clips):
-                _put(out, f"{name}/{i}", clip, row, key, warn)
-            continue
-        _put(out, name, value, row, key, warn)
+        try:
+            _convert(out, key, value, row, warn)
+        except Exception as exc:  # noqa: BLE001 - one bad value must not sink the row (nor retry it forever)
+            _not_sent(key, row, exc, warn)
     return out
+
+
+def _convert(out: Converted, key: str, value: Value, row: Row, warn: Callable[[str, str], None]) -> None:
+    if isinstance(value, HParams):
+        out.config.update(value.as_dict())
+        return
+    if isinstance(value, RunFile):
+        name = file_name(key, value.suffix, row.step)
+        if not name.startswith(f"{FILES_DIR}/{_file_stem(key)}"):
+            warn("file:" + key, f"tag {short_tag(key)} is too long for a file name; its file is {name!r}")
+        out.files.append((name, value.content))
+        return
+    if key in RESERVED:
+        warn("reserved:" + key, f"tag {key!r} is a W&B name; logged as 'tb/{key}'")
+    name = safe_key(key)
+    if isinstance(value, (Text, PRCurve)):
+        short = table_key(name, "_table" if isinstance(value, PRCurve) else "")
+        if short != name:
+            warn("long:" + key, f"tag {short_tag(key)} is too long for a W&B table name; logged as {short!r}")
+            name = short
+    if not isinstance(value, (float, Histogram)):  # media: W&B names files after the key
+        short = media_key(name)
+        if short != name:
+            warn("media:" + key, f"tag {short_tag(key)} cannot name a W&B media file; logged as {short!r}")
+            name = short
+    if isinstance(value, Histogram) and not all(map(math.isfinite, (value.edges[0], value.edges[-1]))):
+        warn("inf:" + key, f"histogram {short_tag(key)} has non-finite bounds (first at step {row.step}); "
+             "+-inf become +-1.8e308 and NaN 0 in W&B")
+    if isinstance(value, AudioBatch) and not _have_soundfile():
+        warn("soundfile:" + key, f"{len(value.clips)} clips of {short_tag(key)} per step are logged as "
+             f"'{name}/0', '{name}/1', ...: W&B logs lists of audio only with the soundfile package")
+        for i, clip in enumerate(value.clips):
+            _put(out, f"{name}/{i}", clip, row, key, warn)
+        return
+    _put(out, name, value, row, key, warn)
+
+
+def _not_sent(key: str, row: Row, exc: BaseException, warn: Callable[[str, str], None]) -> None:
+    warn(key, f"value of {short_tag(key)} at step {row.step} not sent: {one_line(exc)}")
 
 
 def _put(out: Converted, name: str, value: Value, row: Row, key: str,
@@ -216,7 +291,7 @@ def _put(out: Converted, name: str, value: Value, row: Row, key: str,
     try:
         out.history[name] = to_wandb(value, row.step, name)
     except Exception as exc:  # noqa: BLE001 - one bad value must not sink the row
-        warn(key, f"value of {key!r} at step {row.step} not sent: {exc}")
+        _not_sent(key, row, exc, warn)
 
 
 def finite_edges(edges: Sequence[float]) -> list[float]:

@@ -11,6 +11,7 @@ import os
 from collections.abc import MutableMapping
 
 from ...errors import UsageError
+from .owners import OWNER_ENV
 
 _ALIASES = {"online": "online", "run": "online", "offline": "offline", "dryrun": "offline",
             "disabled": "disabled"}
@@ -49,6 +50,7 @@ def prepare_environment(state_dir: str, env: MutableMapping[str, str] = os.envir
     # buffered rows would outlive us there, so a crash of tracelet would not be a crash of its
     # W&B writer and the replica could change after we recomputed our position from it.
     env.pop("WANDB_SERVICE", None)
+    env[OWNER_ENV] = os.path.abspath(state_dir)
     env.setdefault("WANDB_DIR", state_dir)
     env.setdefault("WANDB_CACHE_DIR", os.path.join(state_dir, "wandb-cache"))
     env.setdefault("WANDB_DATA_DIR", os.path.join(state_dir, "wandb-data"))

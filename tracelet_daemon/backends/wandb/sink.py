@@ -12,16 +12,18 @@ Exactly-once rests on two choices:
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import time
 from collections.abc import Sequence
 
+from ...budget import one_line
 from ...errors import BackendError, UsageError
 from ...metadata import ArtifactRequest, RunMetadata
 from ...values import Row
 from ..base import Backend, RunSink, RunSpec
-from . import runops, txlog
+from . import owners, runops, txlog
 from .convert import STEP_KEY, convert_row
 from .mode import has_api_key, resolve_mode
 
@@ -36,6 +38,10 @@ LEAN_SETTINGS = dict(
     disable_git=True,
     x_disable_machine_info=True,
 )
+
+
+# errors of the disk, not of one file's name or content: the batch fails and is retried
+_DISK_ERRORS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EROFS})
 
 
 class WandbRunSink(RunSink):
@@ -102,9 +108,7 @@ class WandbRunSink(RunSink):
                 continue  # W&B already has it (or would drop it as an old step)
             converted = convert_row(row, warn)
             if converted.config:
-                config = {k: v for k, v in converted.config.items() if k not in self._meta_config_keys}
-                if config:
-                    self.run.config.update(config, allow_val_change=True)
+                self._update_config(converted.config, row)
             for name, content in converted.files:
                 self._save_file(name, content)
             data = converted.history
@@ -115,6 +119,17 @@ class WandbRunSink(RunSink):
             except Exception as exc:  # noqa: BLE001
                 raise BackendError(f"W&B refused a row of {self.spec.name}: {exc}") from exc
             self._last_written = row.seq
+
+    def _update_config(self, config: dict, row: Row) -> None:
+        """Hyperparameters found in events; ones W&B refuses are reported, the row still goes."""
+        config = {k: v for k, v in config.items() if k not in self._meta_config_keys}
+        if not config:
+            return
+        try:
+            self.run.config.update(config, allow_val_change=True)
+        except Exception as exc:  # noqa: BLE001 - a value of the log, not W&B, is at fault
+            self._warn_once("config", f"{self.spec.name}: hyperparameters at step {row.step} not stored:"
+                                      f" {one_line(exc)}")
 
     def _warn_convert(self, key: str, msg: str) -> None:
         self._warn_once(key, f"{self.spec.name}: {msg}")
@@ -162,8 +177,19 @@ class WandbRunSink(RunSink):
             raise BackendError(f"W&B refused artifact {request.name!r} of {self.spec.name}: {exc}") from exc
 
     def _save_file(self, name: str, content: bytes) -> None:
-        if not runops.save_file(self.run, name, content):
-            self._warn_once("file:" + name, f"{self.spec.name}: refusing file name {name!r}")
+        """A run file; one that cannot be written is reported and skipped, unless the disk is at fault."""
+        try:
+            saved = runops.save_file(self.run, name, content)
+        except OSError as exc:
+            if exc.errno in _DISK_ERRORS:
+                raise BackendError(f"cannot write run file {name!r} of {self.spec.name}: {exc}") from exc
+            saved, why = False, exc.strerror or str(exc)
+        except Exception as exc:  # noqa: BLE001 - W&B refusing one file must not fail the batch
+            saved, why = False, one_line(exc)
+        else:
+            why = "it escapes the run directory"
+        if not saved:
+            self._warn_once("file:" + name, f"{self.spec.name}: run file {name!r} not stored: {why}")
 
     def _poll_txlog(self) -> None:
         if self._tail is None or not os.path.exists(self._txlog_path):
@@ -236,6 +262,7 @@ class WandbBackend(Backend):
         self._locations: dict[str, str] = {}
 
     def open_run(self, spec: RunSpec) -> RunSink:
+        owners.claim(self.wandb_dir, spec.run_id, os.environ.get(owners.OWNER_ENV, ""))
         return WandbRunSink(self, spec)
 
     def _opened(self, sink: WandbRunSink) -> None:

@@ -182,6 +182,7 @@ def load_offline_run(path: str) -> OfflineRun:
             out.artifacts.append({
                 "name": art.name, "type": art.type, "aliases": list(art.aliases), "digest": art.digest,
                 "files": sorted(c.path for c in art.manifest.contents),
+                "digests": {c.path: c.digest for c in art.manifest.contents},
             })
         elif kind == "files":
             out.files.extend(f.path for f in rec.files.files)
