@@ -75,14 +75,15 @@ def test_pr_curve():
     assert pr.thresholds == (0.0, 0.25, 0.5, 0.75, 1.0)
 
 
-def test_hparams_session_is_config_and_bookkeeping_is_consumed():
+def test_hparams_session_is_config_and_bookkeeping_is_reported():
     plugins: dict[str, str] = {}
     ev = decode_event(_event(hp.hparams_pb({"lr": 0.5, "opt": "adam", "flag": False, "units": 3})), plugins)
     assert ev.values == [("_hparams_/session_start_info",
                           HParams((("flag", False), ("lr", 0.5), ("opt", "adam"), ("units", 3.0))))]
     config = hp.hparams_config_pb(hparams=[hp.HParam("lr")], metrics=[hp.Metric("acc")])
     ev = decode_event(_event(config), plugins)
-    assert ev.values == [] and ev.skipped == []  # domains and metric names: no W&B counterpart
+    # domains and metric names: no W&B counterpart, named in the report (issue 12)
+    assert ev.values == [] and ev.skipped == [("_hparams_/experiment", "hparams experiment summary")]
     # torch/tensorboardX write the same with no tensor at all (metadata only)
     meta_only = summary_pb2.Summary()
     meta_only.value.add(tag="_hparams_/session_start_info",
@@ -113,7 +114,7 @@ def test_tf1_items_merge_into_batches_in_order():
                 image=summary_pb2.Summary.Image(encoded_image_string=png_bytes(pics[0])))
     s.value.add(tag="x", simple_value=1.0)
     ev = decode_event(_event(s), {})
-    assert [t for t, _ in ev.values] == ["gen/image", "lonely/image/0", "x"]
+    assert [t for t, _ in ev.values] == ["gen/image", "lonely/image", "x"]  # one rule for one item too
     batch = ev.values[0][1]
     assert isinstance(batch, ImageBatch) and [i.encoded for i in batch.images] == [png_bytes(p) for p in pics]
 

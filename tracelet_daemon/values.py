@@ -131,6 +131,31 @@ class HParams:
 
 
 @dataclass(frozen=True, slots=True)
+class Mesh:
+    """A 3D mesh or point cloud (``add_mesh``, the mesh plugin), or some of its parts.
+
+    TensorBoard stores vertices, faces (vertex indices, three per triangle) and colors (0-255 per
+    channel, one per vertex) as separate ``[B, n, 3]`` tensors: several summary values of one event
+    (torch, tensorboardX) or one event each (TF2), combined with `merged`. Each part is kept as
+    float32 little-endian bytes, empty if absent; `batch` is B, one mesh per batch item.
+    """
+
+    vertices: bytes = b""
+    faces: bytes = b""
+    colors: bytes = b""
+    batch: int = 1
+
+    def merged(self, other: Mesh) -> Mesh | None:
+        """One value holding the parts of both; None if both hold the same part or batch sizes differ."""
+        if self.batch != other.batch or any(a and b for a, b in ((self.vertices, other.vertices),
+                                                                 (self.faces, other.faces),
+                                                                 (self.colors, other.colors))):
+            return None
+        return Mesh(self.vertices or other.vertices, self.faces or other.faces, self.colors or other.colors,
+                    self.batch)
+
+
+@dataclass(frozen=True, slots=True)
 class RunFile:
     """Something kept as a file of the run rather than as history (graphs, model configs, ...).
 
@@ -142,7 +167,8 @@ class RunFile:
     description: str = ""
 
 
-Value = Union[float, Histogram, Image, ImageBatch, Video, Text, Audio, AudioBatch, PRCurve, HParams, RunFile]
+Value = Union[float, Histogram, Image, ImageBatch, Video, Text, Audio, AudioBatch, PRCurve, HParams, Mesh,
+              RunFile]
 
 
 @dataclass(slots=True)
