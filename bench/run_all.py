@@ -8,6 +8,7 @@
     python bench/run_all.py --scale-runs    # + 1,000 idle runs and RSS vs log size (bench_scale)
     python bench/run_all.py --parallel      # + 50 runs uploaded on 1 vs 2 cores (bench_parallel)
     python bench/run_all.py --all           # all of the above (~10 minutes on 2 cores)
+    python bench/run_all.py --mlflow        # + the MLflow floor vs `tracelet upload --backend mlflow`
 
 Prints machine information first (figures mean little without it), then one table with every
 reader peer and every upload contender side by side, then each bench's detailed table, and
@@ -24,6 +25,7 @@ import time
 
 import _common as common
 import bench_live
+import bench_mlflow
 import bench_parallel
 import bench_reader
 import bench_scale
@@ -160,6 +162,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--idle-seconds", type=float, default=None,
                     help="--scale-runs measurement window (default 60; 3600 for the issue's hour)")
     ap.add_argument("--parallel", action="store_true", help="50 runs uploaded on 1 vs 2 cores (~2 min)")
+    ap.add_argument("--mlflow", action="store_true",
+                    help="a local mlflow server: the sequential log_batch floor vs tracelet (needs .[mlflow])")
     ap.add_argument("--all", action="store_true",
                     help="--with-wandb-tb (run once) --live --scale-runs --parallel (~10 min on 2 cores)")
     ap.add_argument("--json", metavar="FILE", help="also write every figure to FILE as JSON")
@@ -202,6 +206,8 @@ def main(argv: list[str] | None = None) -> int:
         extra["live"] = bench_live.run_bench(quick=args.quick)
     if args.scale_runs:
         extra["scale"] = bench_scale.run_bench(quick=args.quick, idle_seconds=args.idle_seconds, out=args.out)
+    if args.mlflow:
+        extra["mlflow"] = bench_mlflow.run_bench(log, [1, 2] if args.quick else [1, 2, 4])
     elapsed = time.perf_counter() - started
 
     print("\n=== tracelet benchmark: side by side ===")
@@ -221,6 +227,9 @@ def main(argv: list[str] | None = None) -> int:
     if "scale" in extra:
         print("\n=== scale ===")
         print(bench_scale.format_report(extra["scale"]))
+    if "mlflow" in extra:
+        print("\n=== MLflow ===")
+        print(bench_mlflow.format_report(extra["mlflow"]))
     if extra:
         print("\n=== issue 7 targets (informational: nothing here fails the run) ===")
         print(targets_table(reader, upload, extra, log.spec.scale))

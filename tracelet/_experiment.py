@@ -51,7 +51,7 @@ log = logging.getLogger("tracelet")
 RUN_KEYS = ("entity", "project", "name", "tags", "notes", "group", "job_type", "mode", "save_code", "resume",
             "id")
 MODES = {"online": "online", "run": "online", "offline": "offline", "dryrun": "offline", "disabled": "disabled"}
-BACKENDS = ("wandb",)
+BACKENDS = ("wandb", "mlflow")
 SIDECAR, IN_PROCESS, ATTACHED, NOBODY = "sidecar", "in-process", "attached", "none"
 _TRUE, _FALSE = {"1", "true", "yes", "on", "sidecar"}, {"0", "false", "no", "off", "in-process", "inprocess"}
 
@@ -73,22 +73,27 @@ def start_logging(exp_name: str | None = None, project: str | None = None, backe
 
     `config` holds W&B run settings (entity, name, tags, notes, group, job_type, mode, save_code,
     resume, id, project) and, under any other key, hyperparameters. See docs/python-api.md.
+    `backend="mlflow"` replays into MLflow instead (docs/mlflow.md): `backend_url` is then the
+    tracking URI (default: $MLFLOW_TRACKING_URI, else an SQLite store in the state directory),
+    `project` the experiment, and a live sidecar is used only if it feeds MLflow too.
     """
     if ignored:
         log.info("tracelet: start_logging ignores %s", ", ".join(sorted(ignored)))
     names = [backend] if isinstance(backend, str) else list(backend or ["wandb"])
+    names = list(dict.fromkeys(n for b in names for n in str(b).replace(" ", ",").split(",") if n))
     unknown = [b for b in names if b not in BACKENDS]
     if unknown or not names:
         raise ValueError(f"unknown backend {unknown or names!r}: tracelet replays into {', '.join(BACKENDS)}")
-    if api_key:
+    if api_key and "wandb" in names:
         os.environ["WANDB_API_KEY"] = api_key
-    if backend_url:
+    if backend_url and names == ["wandb"]:
         os.environ["WANDB_BASE_URL"] = backend_url
     with _lock:
         if _current is not None:
             stop_logging()
         exp = Experiment._start(exp_name, project, dict(config or {}), runs_root=runs_root, sidecar=sidecar,
-                                state_dir=state_dir)
+                                state_dir=state_dir, backend=names,
+                                tracking_uri=backend_url if "mlflow" in names else None)
         _set_current(exp)
         _register_atexit()
         return exp
@@ -243,13 +248,16 @@ def _wandb_run_active():  # noqa: ANN202
     return getattr(wandb, "run", None) if wandb is not None else None
 
 
-def decide(*, mode: str | None, explicit: bool | None, recorded: str | None, runs_root: str) -> tuple[str, str]:
-    """(uploader, why) by the documented rule (module docstring)."""
+def decide(*, mode: str | None, explicit: bool | None, recorded: str | None, runs_root: str,
+           backend: str | list[str] = "wandb") -> tuple[str, str]:
+    """(uploader, why) by the documented rule (module docstring). Attached mode is for W&B alone:
+    with several backends the run is sent in-process (or by a sidecar feeding them all)."""
+    names = [backend] if isinstance(backend, str) else list(backend)
     if mode == "disabled":
         return NOBODY, "mode is 'disabled'"
-    if _wandb_run_active() is not None:
+    if names == ["wandb"] and _wandb_run_active() is not None:
         return ATTACHED, "a W&B run is already active in this process"
-    if os.environ.get("WANDB_SWEEP_ID"):
+    if names == ["wandb"] and os.environ.get("WANDB_SWEEP_ID"):
         return ATTACHED, "running as a W&B sweep trial (WANDB_SWEEP_ID)"
     if explicit is None:
         explicit = _parse_sidecar(os.environ.get("TRACELET_SIDECAR"))
@@ -262,6 +270,9 @@ def decide(*, mode: str | None, explicit: bool | None, recorded: str | None, run
         return recorded, "the resumed run was sent that way before"
     hb = live_sidecar(runs_root)
     if hb is not None:
+        sends_to = hb.get("backends") or [hb.get("backend") or "wandb"]
+        if not set(names) <= set(sends_to):  # a sidecar feeding other backends would send this run there
+            return IN_PROCESS, f"the sidecar following {runs_root} sends to {', '.join(map(str, sends_to))}"
         return SIDECAR, f"a tracelet sidecar follows {runs_root} (pid {hb.get('pid')} on {hb.get('host')})"
     return IN_PROCESS, "no live sidecar follows the runs root"
 
@@ -282,6 +293,9 @@ class Experiment:
         self.reason = ""
         self.resumed = False
         self.mode: str | None = None
+        self.backend = "wandb"
+        self.backends = ["wandb"]
+        self._tracking_uri: str | None = None
         self._meta: dict[str, object] = {}
         self._params: dict[str, object] = {}
         self._hparams: dict[str, object] = {}
@@ -301,8 +315,10 @@ class Experiment:
     # -- start ----------------------------------------------------------------------------------
     @classmethod
     def _start(cls, exp_name: str | None, project: str | None, config: dict, *, runs_root, sidecar,
-               state_dir) -> Experiment:
+               state_dir, backend: str | list[str] = "wandb", tracking_uri: str | None = None) -> Experiment:
         self = cls()
+        self.backends = [backend] if isinstance(backend, str) else list(backend)
+        self.backend, self._tracking_uri = ",".join(self.backends), tracking_uri
         settings = {k: config.pop(k) for k in RUN_KEYS if k in config}
         raw_mode = settings.get("mode")
         if raw_mode is not None and str(raw_mode).lower() not in MODES:
@@ -344,7 +360,7 @@ class Experiment:
                 self._params = deep_merge(dict(previous.get("config") or {}), self._params)
             recorded = (previous or {}).get("uploader")
             self.uploader, self.reason = decide(mode=self.mode, explicit=explicit, recorded=recorded,
-                                                runs_root=self.runs_root)
+                                                runs_root=self.runs_root, backend=self.backends)
             if self.resumed and recorded and recorded != _file_uploader(self.uploader):
                 log.warning("tracelet: %s was sent by the %s uploader before and now by %s; values it had"
                             " already sent may be sent again", existing, recorded, self.uploader)
@@ -391,14 +407,16 @@ class Experiment:
             self._uploader = InProcessUploader(self.run_dir, state_dir=state, project=self.project,
                                                entity=self._meta["entity"], mode=self.mode, attach_to=run)
             return
-        from tracelet_daemon.backends.wandb import prepare_environment
+        if "wandb" in self.backends:  # (MLflow alone never imports wandb)
+            from tracelet_daemon.backends.wandb import prepare_environment
 
-        prepare_environment(check_state_dir(state, self.run_dir))  # before wandb reads its settings
-        import wandb
+            prepare_environment(check_state_dir(state, self.run_dir))  # before wandb reads its settings
+            import wandb
 
-        wandb.setup()  # wandb's exit hooks now come before ours: ours finishes the run first
+            wandb.setup()  # wandb's exit hooks now come before ours: ours finishes the run first
         self._uploader = InProcessUploader(self.run_dir, state_dir=state, project=self.project,
-                                           entity=self._meta["entity"], mode=self.mode)
+                                           entity=self._meta["entity"], mode=self.mode, backend=self.backends,
+                                           tracking_uri=self._tracking_uri)
 
     # -- the public API -------------------------------------------------------------------------
     @property

@@ -14,6 +14,8 @@ import os
 import threading
 
 from tracelet_daemon.engine import Engine, Options, Report
+from tracelet_daemon.fanout import Fanout
+from tracelet_daemon.runs import run_ref
 from tracelet_daemon.state import StateStore
 
 log = logging.getLogger("tracelet")
@@ -30,36 +32,65 @@ def check_state_dir(state_dir: str, run_dir: str) -> str:
 
 
 class InProcessUploader:
-    """An Engine following one run directory from a daemon thread until `stop()`."""
+    """An Engine per backend following one run directory from a daemon thread until `stop()`."""
 
     def __init__(self, run_dir: str, *, state_dir: str, project: str | None, entity: str | None,
-                 mode: str | None, attach_to=None) -> None:  # noqa: ANN001 - a wandb Run
+                 mode: str | None, attach_to=None,  # noqa: ANN001 - a wandb Run
+                 backend: str | list[str] = "wandb", tracking_uri: str | None = None) -> None:
         self.run_dir = run_dir
         self.state_dir = check_state_dir(state_dir, run_dir)
-        self.store = StateStore(self.state_dir)
+        names = ["wandb"] if attach_to is not None else ([backend] if isinstance(backend, str) else list(backend))
+        # one state directory (and lock) per run: training processes running side by side each
+        # upload their own run, and a state directory has one owner at a time; in it, one store
+        # per backend (each backend's positions are its own)
+        run_state = os.path.join(self.state_dir, "in-process", run_ref(run_dir, "").run_id)
+        self.stores: list[StateStore] = []
+        self.backends: list = []
         try:
-            if attach_to is not None:
-                from tracelet_daemon.backends.wandb.attached import AttachedBackend
-
-                self.backend = AttachedBackend(attach_to)
-            else:
-                from tracelet_daemon import backends
-                from tracelet_daemon.backends.wandb import prepare_environment
-
-                prepare_environment(self.state_dir)
-                self.backend = backends.create("wandb", project=project, entity=entity, mode=mode)
+            for i, name in enumerate(names):
+                self.stores.append(StateStore(run_state, lock=i == 0, backend=name))
+                self.backends.append(self._backend(name, attach_to, project, entity, mode, tracking_uri))
         except BaseException:
-            self.store.close()
+            self._close()
             raise
         # polling rescans of one directory are cheap, and inotify on a tree where artifact
         # directories are renamed in makes watchdog warn on stderr
-        options = Options(uploader=UPLOADER, write_status=False, drain_on_stop=True, single_run=True,
-                          rescan_interval=1.0, use_inotify=False)
-        self.engine = Engine(run_dir, self.backend, self.store, options, project=project, entity=entity)
+        # follow_symlinks: the shim links explicit writers' files into the run (a symlink across
+        # file systems); the run directory is this process's own, not untrusted input
+        engines = [Engine(run_dir, be, store, Options(
+                       uploader=UPLOADER, write_status=False, drain_on_stop=True, single_run=True,
+                       follow_symlinks=True, rescan_interval=1.0, use_inotify=False),
+                       project=project, entity=entity)
+                   for be, store in zip(self.backends, self.stores)]
+        self.engine = engines[0] if len(engines) == 1 else Fanout(engines)
         self._stop = threading.Event()
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._run, name="tracelet-uploader", daemon=True)
         self._thread.start()
+
+    def _backend(self, name: str, attach_to, project, entity, mode, tracking_uri):  # noqa: ANN001, ANN202
+        if attach_to is not None:
+            from tracelet_daemon.backends.wandb.attached import AttachedBackend
+
+            return AttachedBackend(attach_to)
+        from tracelet_daemon import backends
+
+        # the shared state directory, not the per-run one: W&B's folders and the embedded MLflow
+        # store are shared by every in-process run (and a sidecar given the same --state-dir)
+        return backends.open_backend(name, state_dir=self.state_dir, project=project, entity=entity,
+                                     mode=mode, tracking_uri=tracking_uri, daemon=False)
+
+    def _close(self) -> None:
+        try:
+            for be in self.backends:
+                be.close()
+        finally:
+            for store in self.stores:
+                store.close()
+
+    @property
+    def backend(self):  # noqa: ANN201 - the first (the W&B one, when attached)
+        return self.backends[0]
 
     @property
     def mode(self) -> str:
@@ -80,13 +111,11 @@ class InProcessUploader:
             log.error("tracelet: the uploader did not finish within %ss; what it did not confirm is"
                       " sent by the next start_logging() of this run (same state directory)", timeout)
             return self.engine.report
-        try:
-            self.backend.close()
-        finally:
-            self.store.close()
+        self._close()
         report = self.engine.report
         for name in report.failed_runs:
             log.error("tracelet: run %s could not be sent completely (see the log above)", name)
-        for line in self.backend.summary():
-            log.info("tracelet: %s", line)
+        for be in self.backends:
+            for line in be.summary():
+                log.info("tracelet: %s", line)
         return report

@@ -5,10 +5,11 @@ from __future__ import annotations
 from ..errors import UsageError
 from .base import Backend, RunSink, RunSpec
 
-__all__ = ["Backend", "RunSink", "RunSpec", "available", "create"]
+__all__ = ["Backend", "RunSink", "RunSpec", "available", "create", "open_backend"]
 
 _FACTORIES = {
     "wandb": ("tracelet_daemon.backends.wandb", "WandbBackend"),
+    "mlflow": ("tracelet_daemon.backends.mlflow", "MlflowBackend"),
 }
 
 
@@ -26,3 +27,23 @@ def create(name: str, **options: object) -> Backend:
 
     cls = getattr(importlib.import_module(module_name), cls_name)
     return cls(**options)
+
+
+def open_backend(name: str, *, state_dir: str, project: str | None = None, entity: str | None = None,
+                 mode: str | None = None, tracking_uri: str | None = None, daemon: bool = True) -> Backend:
+    """Backend `name` for an engine whose state lives in `state_dir` (each backend's own folders
+    default there). `daemon`: also apply the daemon's client defaults (fail fast, no telemetry);
+    the in-process shim leaves the training process's settings alone."""
+    if name == "wandb":
+        from .wandb import prepare_environment
+
+        prepare_environment(state_dir)
+        return create(name, project=project, entity=entity, mode=mode)
+    if name == "mlflow":
+        if daemon:
+            from .mlflow import prepare_environment as prepare_mlflow
+
+            prepare_mlflow()
+        return create(name, project=project, entity=entity, mode=mode, tracking_uri=tracking_uri,
+                      state_dir=state_dir)
+    return create(name, project=project, entity=entity, mode=mode)

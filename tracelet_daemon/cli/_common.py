@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from dataclasses import dataclass
@@ -11,15 +12,19 @@ import typer
 
 from .. import backends, gcpolicy
 from ..engine import Engine, Options
+from ..fanout import Fanout, backend_names
 from ..errors import StateError, UsageError
-from ..logsetup import setup_logging
+from ..limits import Limits
+from ..logsetup import escape_controls, setup_logging
 from ..secrets import load_api_key
 from ..state import StateStore, default_state_dir
 
 __all__ = ["setup_logging"]  # re-exported: commands import it from here
 log = logging.getLogger("tracelet")
 
-BackendOpt = Annotated[str, typer.Option("--backend", "-b", help="Where to send data.")]
+BackendOpt = Annotated[Optional[list[str]], typer.Option(
+    "--backend", "-b", help="Where to send data: wandb, mlflow; repeat it (or use wandb,mlflow) to feed"
+    " several at once (default: $TRACELET_BACKEND or wandb).")]
 ProjectOpt = Annotated[Optional[str], typer.Option(help="W&B project (default: $WANDB_PROJECT or 'tracelet').")]
 EntityOpt = Annotated[Optional[str], typer.Option(help="W&B entity (default: $WANDB_ENTITY).")]
 ModeOpt = Annotated[Optional[str], typer.Option(
@@ -29,6 +34,13 @@ StateDirOpt = Annotated[Optional[str], typer.Option(
 LogLevelOpt = Annotated[str, typer.Option(envvar="TRACELET_LOG_LEVEL", help="debug, info, warning or error.")]
 LogFormatOpt = Annotated[str, typer.Option(
     envvar="TRACELET_LOG_FORMAT", help="text (for people) or json (one object per line, for log shippers).")]
+FollowOpt = Annotated[bool, typer.Option(
+    "--follow-symlinks", envvar="TRACELET_FOLLOW_SYMLINKS",
+    help="Follow symlinked run directories and event files under ROOT (off: the root is untrusted;"
+         " run metadata and artifacts are never read through a symlink either way).")]
+TrackingUriOpt = Annotated[Optional[str], typer.Option(
+    "--tracking-uri", envvar="MLFLOW_TRACKING_URI",
+    help="MLflow tracking URI (--backend mlflow; default: an SQLite store inside the state directory).")]
 BatchBytesOpt = Annotated[int, typer.Option(
     "--max-batch-bytes", min=1024, help="Bytes read per run before rows are journaled and sent.")]
 
@@ -53,33 +65,61 @@ def check_state_dir(state_dir: str | None, root: str) -> str:
 
 @dataclass
 class Wiring:
-    engine: Engine
-    backend: backends.Backend
-    store: StateStore
+    engine: Engine | Fanout  # one engine per backend; a Fanout when there are several
+    backends: list[backends.Backend]
+    stores: list[StateStore]
     state_dir: str
     key_source: str = ""  # where the W&B API key came from (a variable or a path), "" if none
 
+    @property
+    def backend(self) -> backends.Backend:
+        return self.backends[0]
 
-def wire(root: str, backend: str, project: str | None, entity: str | None, mode: str | None,
-         state_dir: str | None, options: Options, on_progress=None) -> Wiring:
+    @property
+    def engines(self) -> list[Engine]:
+        return self.engine.engines if isinstance(self.engine, Fanout) else [self.engine]
+
+    def close(self) -> None:
+        """Finish every backend's open runs, then release the state (and its lock)."""
+        try:
+            for be in self.backends:
+                be.close()
+        finally:
+            for store in self.stores:
+                store.close()
+
+
+def wire(root: str, backend: list[str] | str | None, project: str | None, entity: str | None, mode: str | None,
+         state_dir: str | None, options: Options, on_progress=None, tracking_uri: str | None = None) -> Wiring:
     root = check_root(root)
     state_path = check_state_dir(state_dir, root)
-    if backend not in backends.available():
-        raise UsageError(f"unknown backend {backend!r} (available: {', '.join(backends.available())})")
+    options.limits = Limits.from_env()
+    names = backend_names(backend)
+    unknown = [n for n in names if n not in backends.available()]
+    if unknown:
+        raise UsageError(f"unknown backend {unknown[0]!r} (available: {', '.join(backends.available())})")
     key_source = load_api_key()  # before the backend: the key decides online vs offline
+    stores: list[StateStore] = []
+    made: list[backends.Backend] = []
     try:
-        store = StateStore(state_path)
-    except StateError as exc:
-        raise UsageError(str(exc)) from exc
-    if backend == "wandb":
-        from ..backends.wandb import prepare_environment
-
-        prepare_environment(state_path)
-    be = backends.create(backend, project=project, entity=entity, mode=mode)
+        for i, name in enumerate(names):
+            try:  # one lock for the directory, taken by the first store
+                stores.append(StateStore(state_path, lock=i == 0, backend=name))
+            except StateError as exc:
+                raise UsageError(str(exc)) from exc
+            made.append(backends.open_backend(name, state_dir=state_path, project=project, entity=entity,
+                                              mode=mode, tracking_uri=tracking_uri))
+    except BaseException:
+        for store in reversed(stores):
+            store.close()
+        raise
     if os.environ.get("TRACELET_GC", "1") != "0":
         gcpolicy.apply()
-    engine = Engine(root, be, store, options, project=project, entity=entity, on_progress=on_progress)
-    return Wiring(engine, be, store, state_path, key_source)
+    engines = [Engine(root, be, store, options if i == 0 else dataclasses.replace(options), project=project,
+                      entity=entity, on_progress=on_progress)
+               for i, (be, store) in enumerate(zip(made, stores))]
+    engine = engines[0] if len(engines) == 1 else Fanout(engines)
+    return Wiring(engine, made, stores, state_path, key_source)
 
 
 def print_outcome(w: Wiring, as_log: bool = False) -> None:
@@ -90,12 +130,13 @@ def print_outcome(w: Wiring, as_log: bool = False) -> None:
         if as_log:
             log.log(level, line)
         else:
-            typer.echo(f"tracelet: {line}", err=True)
+            typer.echo(f"tracelet: {escape_controls(line)}", err=True)  # paths come from the root
 
     for line in rep.pending_tails:
         say(f"note: {line}")
     for path in rep.quarantined:
         say(f"error: {path} was not read to the end (see the log above)", logging.ERROR)
     say(f"{rep.rows} row(s) from {rep.runs} run(s), {rep.bytes_read} bytes read; state in {w.state_dir}")
-    for line in w.backend.summary():
-        say(line)
+    for be in w.backends:
+        for line in be.summary():
+            say(line)

@@ -16,6 +16,7 @@ import typer
 
 from ..errors import TraceletError
 from ..metrics import bytes_unacknowledged, current_size, file_behind, read_progress
+from ..metadata import display_text
 from ..state import default_state_dir
 from ..status import read_status
 from ._common import StateDirOpt
@@ -49,8 +50,12 @@ def run_rows(snapshot: dict, now: float) -> list[dict]:
         if run.get("last_error"):
             errors.insert(0, run["last_error"])
         last = run.get("last_event_time") or 0
+        name = display_text(str(run.get("name", "")), 200)  # a directory name: no escapes on a terminal
+        if len(snapshot.get("backends") or ()) > 1:  # one row per (run, backend)
+            name = f"{name} [{run.get('backend', '')}]"
         rows.append({
-            "name": run.get("name", ""),
+            "name": name,
+            "backend": run.get("backend") or snapshot.get("backend", ""),
             "files": len(files),
             "bytes_read": sum(int(f.get("read") or 0) for f in files),
             "bytes_total": sum(current_size(f) for f in files),
@@ -114,7 +119,9 @@ def render(snapshot: dict, progress: dict | None, state_dir: str, now: float) ->
         "-" if r["last_event_age"] is None else f"{human_age(r['last_event_age'])} ago",
         str(r["corrupt_records"]), str(r["quarantined_files"]), r["run_id"],
     ] for r in rows]
-    header = ["RUN", "FILES", "READ", "BEHIND", "LAST EVENT", "CORRUPT", "QUAR", "W&B RUN"]
+    # the id column is tracelet's run id: W&B's own run id; other backends find their run by it
+    id_header = "W&B RUN" if snapshot.get("backend", "wandb") == "wandb" else "RUN ID"
+    header = ["RUN", "FILES", "READ", "BEHIND", "LAST EVENT", "CORRUPT", "QUAR", id_header]
     lines += ["", *_table(header, body)]
     lines += ["", "where the runs are:"]
     lines += [f"  {r['name']}: {r['location'] or '(not opened yet)'}" for r in rows]

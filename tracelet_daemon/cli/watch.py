@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import logging
 import os
-import signal
-import threading
 import time
 from typing import Annotated, Optional
 
@@ -20,42 +18,11 @@ import typer
 from ..engine import Engine, Options
 from ..metrics import MetricsServer, ProgressTracker, write_progress
 from ..notify import Notifier
-from ._common import (BackendOpt, BatchBytesOpt, EntityOpt, LogFormatOpt, LogLevelOpt, ModeOpt, ProjectOpt,
-                      StateDirOpt, print_outcome, setup_logging, wire)
+from ._signals import StopRequest
+from ._common import (BackendOpt, BatchBytesOpt, FollowOpt, EntityOpt, LogFormatOpt, LogLevelOpt, ModeOpt, ProjectOpt,
+                      StateDirOpt, TrackingUriOpt, print_outcome, setup_logging, wire)
 
 log = logging.getLogger("tracelet")
-
-DRAIN_EXIT_CODE = 1  # the drain bound ran out; state is consistent, the rest is replayed next start
-
-
-def install_signal_handlers(stop: threading.Event, notifier: Notifier | None = None,
-                            drain_timeout: float = 0.0) -> None:
-    """First SIGINT/SIGTERM: drain and exit 0. Second, or `drain_timeout` seconds later: exit at
-    once (state is transactional: nothing confirmed is lost, nothing unconfirmed is skipped)."""
-
-    def force_exit(reason: str, code: int) -> None:
-        log.error("%s; exiting now (rows not yet confirmed are replayed on the next start)", reason)
-        logging.shutdown()
-        os._exit(code)
-
-    def handler(signum, _frame) -> None:  # noqa: ANN001
-        name = signal.Signals(signum).name
-        if stop.is_set():
-            force_exit(f"second {name}", 128 + signum)
-        bound = f" within {drain_timeout:g}s" if drain_timeout > 0 else ""
-        log.info("%s received: draining%s (send it again to exit at once)", name, bound)
-        if notifier is not None:
-            notifier.stopping(f"{name} received: draining")
-        stop.set()
-        if drain_timeout > 0:
-            timer = threading.Timer(drain_timeout, force_exit,
-                                    (f"drain did not finish within {drain_timeout:g}s", DRAIN_EXIT_CODE))
-            timer.daemon = True
-            timer.start()
-
-    signal.signal(signal.SIGINT, handler)
-    signal.signal(signal.SIGTERM, handler)
-
 
 def _human_bytes(n: float) -> str:
     for unit in ("B", "KiB", "MiB", "GiB"):
@@ -72,6 +39,15 @@ def status_line(snapshot: dict, behind: int) -> str:
     lag_text = f", lag p50 {lag:.1f}s" if lag is not None else ""
     return (f"{t.get('runs', 0)} run(s), {t.get('open_runs', 0)} open, {t.get('rows', 0)} row(s),"
             f" {_human_bytes(t.get('bytes_read', 0))} read, {_human_bytes(behind)} behind{lag_text}")
+
+
+def _describe(be, key_source: str) -> str:  # noqa: ANN001 - a Backend
+    """`backend wandb (offline), W&B API key not set` / `backend mlflow, tracking URI …`."""
+    mode = f" ({be.mode})" if getattr(be, "mode", "") else ""
+    target = getattr(be, "target", None)  # MLflow: where it writes (credentials redacted)
+    where = (f"tracking URI {target.display}" if target is not None else
+             f"W&B API key {'from ' + key_source if key_source else 'not set'}")
+    return f"backend {be.name}{mode}, {where}"
 
 
 class Supervision:
@@ -106,16 +82,19 @@ class Supervision:
 
 
 def watch(
+    ctx: typer.Context,
     root: Annotated[str, typer.Argument(help="The runs root: one run per first-level directory.")],
-    backend: BackendOpt = "wandb",
+    backend: BackendOpt = None,
     project: ProjectOpt = None,
     entity: EntityOpt = None,
     mode: ModeOpt = None,
     state_dir: StateDirOpt = None,
+    tracking_uri: TrackingUriOpt = None,
     poll: Annotated[bool, typer.Option(help="No inotify: find changes by periodic rescans only.")] = False,
     rescan_interval: Annotated[Optional[float], typer.Option(
         help="Seconds between full rescans (default: 10, or 2 with --poll).", min=0.1)] = None,
     max_batch_bytes: BatchBytesOpt = 8 << 20,
+    follow_symlinks: FollowOpt = False,
     drain_timeout: Annotated[float, typer.Option(
         envvar="TRACELET_DRAIN_TIMEOUT", min=0,
         help="After SIGTERM/SIGINT, seconds to finish open runs before exiting anyway (0: no limit)."
@@ -134,31 +113,32 @@ def watch(
     log_format: LogFormatOpt = "text",
 ) -> None:
     """Tail every tfevents file under ROOT and replay it live."""
+    # first thing: a stop request may already have come (the CLI catches it before its imports)
+    request = ctx.obj if isinstance(ctx.obj, StopRequest) else StopRequest().install()
+    stop = request.event
     setup_logging(log_level, log_format)
     notifier = Notifier()
-    stop = threading.Event()
-    install_signal_handlers(stop, notifier, drain_timeout)  # before the slow imports: PID 1 in a container
+    request.arm(notifier, drain_timeout)
     rescan_interval = rescan_interval or (2.0 if poll else 10.0)
     options = Options(rescan_interval=rescan_interval, use_inotify=not poll, max_batch_bytes=max_batch_bytes,
-                      max_open_runs=max_open_runs)
-    w = wire(root, backend, project, entity, mode, state_dir, options)
+                      max_open_runs=max_open_runs, follow_symlinks=follow_symlinks)
+    w = wire(root, backend, project, entity, mode, state_dir, options, tracking_uri=tracking_uri)
     metrics = None
     try:
         if metrics_port is not None:
             metrics = MetricsServer(metrics_host, metrics_port)
         supervision = Supervision(w.state_dir, notifier, metrics)
-        w.engine.on_progress = lambda _n: supervision.during_drain(w.engine)
-        log.info("tracelet pid %d: root %s, state %s, backend %s%s, W&B API key %s%s", os.getpid(),
-                 w.engine.root, w.state_dir, backend,
-                 f" ({w.backend.mode})" if getattr(w.backend, "mode", "") else "",
-                 f"from {w.key_source}" if w.key_source else "not set",
+        if len(w.engines) == 1:  # a fan-out ticks from its own thread while its engines drain
+            w.engine.on_progress = lambda _n: supervision.during_drain(w.engine)
+        log.info("tracelet pid %d: root %s, state %s, %s%s", os.getpid(), w.engine.root, w.state_dir,
+                 ", ".join(_describe(be, w.key_source) for be in w.backends),
                  f", metrics on {metrics.url}" if metrics else "")
-        notifier.ready(f"watching {w.engine.root}")
-        w.engine.watch(stop, on_tick=supervision.tick)
+        if request.running():  # else stopped during start-up: nothing was opened, nothing to drain
+            notifier.ready(f"watching {w.engine.root}")
+            w.engine.watch(stop, on_tick=supervision.tick)
     finally:
         if metrics is not None:
             metrics.close()
-        w.backend.close()
-        w.store.close()
+        w.close()
     print_outcome(w, as_log=log_format == "json")
     log.info("stopped")
