@@ -696,16 +696,20 @@ def test_docs_say_how_deployments_are_hardened_and_how_to_restrict_metrics():
 
 # A container's view for the image's command, without a Docker engine: a private mount namespace
 # with the root filesystem read-only, a fresh tmpfs on /tmp, the state directory writable and the
-# runs read-only (under a scratch tmpfs at $anchor, since the test's files live under /tmp).
+# runs read-only (under a scratch tmpfs at $anchor, since the test's files live under /tmp). The
+# package's source is bound read-only at $anchor/src: a checkout under /tmp (CI's clone may be
+# one) would vanish under the fresh /tmp, where the image has its package in site-packages.
 READ_ONLY_CONTAINER = r"""
 set -e
-anchor=$1 state=$2 runs=$3
-shift 3
+anchor=$1 state=$2 runs=$3 src=$4
+shift 4
 mount -t tmpfs -o size=1m tmpfs "$anchor"
-mkdir "$anchor/state" "$anchor/runs"
+mkdir "$anchor/state" "$anchor/runs" "$anchor/src"
 mount --bind "$state" "$anchor/state"
 mount --bind "$runs" "$anchor/runs"
 mount -o remount,bind,ro "$anchor/runs"
+mount --bind "$src" "$anchor/src"
+mount -o remount,bind,ro "$anchor/src"
 mount -o remount,bind,ro "$anchor"
 mount -t tmpfs -o rw,nosuid,nodev,noexec,size=512m tmpfs /tmp
 mount -o remount,bind,ro /
@@ -752,11 +756,11 @@ def test_the_image_command_needs_only_its_state_volume_and_tmp_writable(tmp_path
     state.mkdir(mode=0o700)
     ins = parse_dockerfile(os.path.join(REPO, "Dockerfile"))
     mapped = {k: v.replace("/var/lib/tracelet", f"{anchor}/state") for k, v in dockerfile_env(ins).items()}
-    env = clean_env(**mapped)
+    env = clean_env(**mapped, PYTHONPATH=f"{anchor}/src")
     env.pop("TMPDIR", None)
     cmd = [f"{anchor}/runs" if a == "/runs" else a for a in json.loads(next(a for w, a in ins if w == "CMD"))]
     drop = ["setpriv", "--no-new-privs", "--bounding-set=-all", "--inh-caps=-all"]
-    argv = [*prefix, "bash", "-c", READ_ONLY_CONTAINER, "container", anchor, str(state), runs,
+    argv = [*prefix, "bash", "-c", READ_ONLY_CONTAINER, "container", anchor, str(state), runs, REPO,
             *drop, installed_tracelet(), *cmd, "--metrics-port", "0"]
     log_path = tmp_path / "container.log"
     with daemon_process(argv, log_path, env=env) as proc:  # unshare, bash and setpriv exec into tracelet

@@ -84,15 +84,6 @@ class Fanout:
     def report(self) -> Report:
         return merge_reports([e.report for e in self.engines])
 
-    @property
-    def on_progress(self) -> Callable[[int], None] | None:
-        return self.engines[0].on_progress
-
-    @on_progress.setter
-    def on_progress(self, fn: Callable[[int], None] | None) -> None:
-        for e in self.engines:
-            e.on_progress = fn
-
     def rescan(self) -> set[str]:
         keys: set[str] = set()
         for e in self.engines:
@@ -122,14 +113,12 @@ class Fanout:
         status and calls `on_tick` with it. An engine that dies takes the others down with it
         (a half-working sidecar is worse than a restarted one)."""
         errors: list[BaseException] = []
-        failed = threading.Event()
 
         def run(engine: Engine) -> None:
             try:
                 engine.watch(stop)
             except BaseException as exc:  # noqa: BLE001 - reported and re-raised below
                 errors.append(exc)
-                failed.set()
                 stop.set()
 
         threads = [threading.Thread(target=run, args=(e,), name=f"tracelet-{e.backend.name}", daemon=True)

@@ -49,7 +49,7 @@ class SnapshotWriter:
         memo: dict[str, tuple[dict, str]] = {}
         parts = []
         for run in snapshot.get("runs", []):
-            key = run.get("directory") or run.get("name") or ""
+            key = f'{run.get("backend", "")}:{run.get("directory") or run.get("name") or ""}'  # one per backend
             hit = self._memo.get(key)
             text = hit[1] if hit is not None and hit[0] == run else _encode(run)
             memo[key] = (run, text)
