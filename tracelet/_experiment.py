@@ -79,8 +79,9 @@ def start_logging(exp_name: str | None = None, project: str | None = None, backe
     """
     if ignored:
         log.info("tracelet: start_logging ignores %s", ", ".join(sorted(ignored)))
-    names = [backend] if isinstance(backend, str) else list(backend or ["wandb"])
-    names = list(dict.fromkeys(n for b in names for n in str(b).replace(" ", ",").split(",") if n))
+    from tracelet_daemon.backends import backend_names
+
+    names = backend_names(backend or "wandb")
     unknown = [b for b in names if b not in BACKENDS]
     if unknown or not names:
         raise ValueError(f"unknown backend {unknown or names!r}: tracelet replays into {', '.join(BACKENDS)}")

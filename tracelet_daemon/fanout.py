@@ -13,7 +13,6 @@ one position per replica for the same reason).
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 from collections.abc import Callable
@@ -139,19 +138,3 @@ class Fanout:
         if errors:
             raise errors[0]
         return self.report
-
-
-def backend_names(values: list[str] | str | None, default: str = "wandb") -> list[str]:
-    """`--backend a --backend b`, `--backend a,b` or ``TRACELET_BACKEND=a,b``: the names in order,
-    each once."""
-    if values is None:
-        values = os.environ.get("TRACELET_BACKEND") or default
-    if isinstance(values, str):
-        values = [values]
-    out: list[str] = []
-    for value in values:
-        for name in str(value).replace(" ", ",").split(","):
-            name = name.strip().lower()
-            if name and name not in out:
-                out.append(name)
-    return out or [default]

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import os
+
 from ..errors import UsageError
 from .base import Backend, RunSink, RunSpec
 
-__all__ = ["Backend", "RunSink", "RunSpec", "available", "create", "open_backend"]
+__all__ = ["Backend", "RunSink", "RunSpec", "available", "backend_names", "create", "open_backend"]
 
 _FACTORIES = {
     "wandb": ("tracelet_daemon.backends.wandb", "WandbBackend"),
@@ -47,3 +49,19 @@ def open_backend(name: str, *, state_dir: str, project: str | None = None, entit
         return create(name, project=project, entity=entity, mode=mode, tracking_uri=tracking_uri,
                       state_dir=state_dir)
     return create(name, project=project, entity=entity, mode=mode)
+
+
+def backend_names(values: list[str] | str | None, default: str = "wandb") -> list[str]:
+    """`--backend a --backend b`, `--backend a,b` or ``TRACELET_BACKEND=a,b``: the names in order,
+    each once."""
+    if values is None:
+        values = os.environ.get("TRACELET_BACKEND") or default
+    if isinstance(values, str):
+        values = [values]
+    out: list[str] = []
+    for value in values:
+        for name in str(value).replace(" ", ",").split(","):
+            name = name.strip().lower()
+            if name and name not in out:
+                out.append(name)
+    return out or [default]

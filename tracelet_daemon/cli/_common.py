@@ -12,7 +12,7 @@ import typer
 
 from .. import backends, gcpolicy
 from ..engine import Engine, Options
-from ..fanout import Fanout, backend_names
+from ..fanout import Fanout
 from ..errors import StateError, UsageError
 from ..limits import Limits
 from ..logsetup import escape_controls, setup_logging
@@ -94,7 +94,7 @@ def wire(root: str, backend: list[str] | str | None, project: str | None, entity
     root = check_root(root)
     state_path = check_state_dir(state_dir, root)
     options.limits = Limits.from_env()
-    names = backend_names(backend)
+    names = backends.backend_names(backend)
     unknown = [n for n in names if n not in backends.available()]
     if unknown:
         raise UsageError(f"unknown backend {unknown[0]!r} (available: {', '.join(backends.available())})")
