@@ -100,14 +100,20 @@ def test_a_stop_at_any_point_of_start_up_exits_0_and_loses_nothing(runs_root, tm
             step += 1
         writer.flush()
         daemon = Daemon(runs_root, state_dir, tmp_path / f"watch-{i}.log", *extra)
-        wait_until({
-            HANDLER: daemon.handler_installed,
-            STATE: lambda: os.path.exists(os.path.join(state_dir, "state.sqlite3")),
-            WIRED: lambda: daemon.logged("tracelet pid "),
-            WATCHING: lambda: daemon.logged("watching "),
-            # an earlier daemon may have got as far as sending rows: then the run is resumed
-            OPENED: lambda: daemon.logged(" opened at ") or daemon.logged(" resumed at "),
-        }[point], what=f"{name}: {point}", proc=daemon.proc, interval=0.001)
+        try:
+            wait_until({
+                HANDLER: daemon.handler_installed,
+                STATE: lambda: os.path.exists(os.path.join(state_dir, "state.sqlite3")),
+                WIRED: lambda: daemon.logged("tracelet pid "),
+                WATCHING: lambda: daemon.logged("watching "),
+                # an earlier daemon may have got as far as sending rows: then the run is resumed
+                OPENED: lambda: daemon.logged(" opened at ") or daemon.logged(" resumed at "),
+            }[point], what=f"{name}: {point}", proc=daemon.proc, interval=0.001)
+        except BaseException:
+            daemon.proc.kill()  # never leave a daemon behind a failed wait
+            daemon.proc.wait()
+            daemon.log.close()
+            raise
         if ms:
             time.sleep(ms / 1000)  # only moves the landing spot; every spot must give the same result
         rc, log = daemon.stop(signum)
