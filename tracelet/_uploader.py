@@ -14,7 +14,7 @@ import os
 import threading
 
 from tracelet_daemon.engine import Engine, Options, Report
-from tracelet_daemon.fanout import Fanout
+from tracelet_daemon.fanout import Fanout, close_all
 from tracelet_daemon.runs import run_ref
 from tracelet_daemon.state import StateStore
 
@@ -81,12 +81,7 @@ class InProcessUploader:
                                      mode=mode, tracking_uri=tracking_uri, daemon=False)
 
     def _close(self) -> None:
-        try:
-            for be in self.backends:
-                be.close()
-        finally:
-            for store in self.stores:
-                store.close()
+        close_all(self.backends, self.stores)
 
     @property
     def backend(self):  # noqa: ANN201 - the first (the W&B one, when attached)

@@ -23,6 +23,16 @@ from .status import SnapshotWriter
 log = logging.getLogger("tracelet.fanout")
 
 
+def close_all(backends: list, stores: list) -> None:
+    """Finish every backend's open runs, then release the state (and its lock) whatever failed."""
+    try:
+        for be in backends:
+            be.close()
+    finally:
+        for store in stores:
+            store.close()
+
+
 def merge_reports(reports: list[Report]) -> Report:
     out = Report()
     for r in reports:

@@ -12,7 +12,7 @@ import typer
 
 from .. import backends, gcpolicy
 from ..engine import Engine, Options
-from ..fanout import Fanout
+from ..fanout import Fanout, close_all
 from ..errors import StateError, UsageError
 from ..limits import Limits
 from ..logsetup import escape_controls, setup_logging
@@ -80,13 +80,7 @@ class Wiring:
         return self.engine.engines if isinstance(self.engine, Fanout) else [self.engine]
 
     def close(self) -> None:
-        """Finish every backend's open runs, then release the state (and its lock)."""
-        try:
-            for be in self.backends:
-                be.close()
-        finally:
-            for store in self.stores:
-                store.close()
+        close_all(self.backends, self.stores)
 
 
 def wire(root: str, backend: list[str] | str | None, project: str | None, entity: str | None, mode: str | None,
