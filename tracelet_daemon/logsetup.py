@@ -34,7 +34,9 @@ _NOISY = ("watchdog", "wandb")  # their INFO chatter is not ours to show
 
 # C0, DEL, C1 and the Unicode line/paragraph separators: anything a terminal or a log viewer may
 # take as a line break or a command
-_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+# control characters a terminal or a line-based log would act on (also stripped from display names)
+CONTROL_CHARS = "[\x00-\x1f\x7f-\x9f\u2028\u2029]"
+_CONTROL = re.compile(CONTROL_CHARS)
 _NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
 _JSON_UNSAFE = re.compile("[\x7f-\x9f\u2028\u2029]")  # json.dumps escapes C0 itself
 _INDENT = "  "  # every continuation line starts with it: only a record starts at column 0

@@ -41,6 +41,7 @@ from dataclasses import dataclass, field, replace
 from . import confine
 from .errors import ConfinementError
 from .limits import DEFAULT, Limits
+from .logsetup import CONTROL_CHARS
 
 log = logging.getLogger("tracelet.metadata")
 
@@ -240,7 +241,7 @@ def _loader(max_depth: int, *, lenient: bool):
     return Bounded
 
 
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]+")
+_CONTROL = re.compile(CONTROL_CHARS + "+")
 
 
 def display_text(value: str, limit: int = 128) -> str:
