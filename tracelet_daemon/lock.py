@@ -13,6 +13,7 @@ import fcntl
 import json
 import os
 import sys
+import time
 
 from .errors import UsageError
 
@@ -20,11 +21,17 @@ LOCK_NAME = "tracelet.lock"
 
 
 def _describe(fd: int) -> str:
-    try:
-        data = json.loads(os.pread(fd, 4096, 0) or b"{}")
-        return f"pid {int(data['pid'])} ({str(data.get('command', '?'))[:200]})"
-    except (OSError, ValueError, KeyError, TypeError):
-        return "another process"
+    """Who holds the lock; the holder writes its pid just after taking it, so a refused process
+    that came right then waits a moment for it."""
+    deadline = time.monotonic() + 2.0
+    while True:
+        try:
+            data = json.loads(os.pread(fd, 4096, 0) or b"{}")
+            return f"pid {int(data['pid'])} ({str(data.get('command', '?'))[:200]})"
+        except (OSError, ValueError, KeyError, TypeError):
+            if time.monotonic() >= deadline:
+                return "another process"
+            time.sleep(0.05)
 
 
 class DirectoryLock:
