@@ -26,17 +26,17 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 
-from . import confine, discovery
 from .status import SnapshotWriter
 from .backends.base import Backend, RunSink, RunSpec
-from .errors import BackendError, OversizeRecordError, ReaderError, StateError
+from .errors import BackendError, OversizeRecordError, ReaderError, RewrittenError, StateError
 from .budget import short_tag
 from .events import UndecodableEvent, decode_event
 from .limits import Limits
 from .metadata import (MetadataError, RunMetadata, artifact_ids, display_text, fingerprint, has_metadata,
                        load_artifact, load_run_metadata, staged, uploader_of)
 from .records import read_batch
-from .runs import RunRef, group_rows, key_prefix, locate, make_run_id, run_ref
+from .runs import RunRef, group_rows, key_prefix, locate, make_run_id, run_ref, shard_of
+from .sources import FileStat, Source, open_source
 from .state import FileRecord, RunRecord, StateStore
 from .values import Event
 
@@ -65,6 +65,10 @@ class Options:
     single_run: bool = False  # the root is one run directory; deeper directories are key prefixes
     limits: Limits = field(default_factory=Limits)  # what one hostile record or file may cost
     follow_symlinks: bool = False  # follow symlinked run directories and event files (opt-in)
+    storage_options: dict | None = None  # object-store roots: fsspec options (may hold secrets)
+    shard: tuple[int, int] | None = None  # (K, N): only runs whose stable hash is K modulo N
+    idle_after: float = 300.0  # object stores: a run prefix unchanged this long is listed less often,
+    idle_interval: float = 60.0  # down to once per this many seconds
 
 
 @dataclass
@@ -90,7 +94,8 @@ class Report:
 class _Cursor:
     """A file being followed: the read position runs ahead of the acknowledged offset."""
 
-    __slots__ = ("path", "record", "offset", "stuck_size", "warned", "mtime", "verify_head", "gone_since")
+    __slots__ = ("path", "record", "offset", "stuck_size", "warned", "mtime", "verify_head", "gone_since",
+                 "window")
 
     def __init__(self, record: FileRecord) -> None:
         self.path = record.path
@@ -101,6 +106,7 @@ class _Cursor:
         self.mtime = 0.0
         self.verify_head = record.head >= 0  # known from a previous life: check it is the same file
         self.gone_since = 0.0
+        self.window: tuple[int, int] | None = None  # (offset, CRC-32 of the bytes before it)
 
     @property
     def prefix(self) -> str:
@@ -128,20 +134,19 @@ class _Worker:
         self.applied_artifacts: set[str] = set()
         self.writer_finished = False  # the writer's run.json says it is done
 
-    def has_data(self) -> bool:
+    def has_data(self, source: Source) -> bool:
         if self.journal_pending:
             return True
         for c in self.cursors.values():
             if c.record.status != "ok":
                 continue
-            try:
-                st = os.stat(c.path)
-            except OSError:
+            st = source.stat(c.path)
+            if st is None:
                 continue
-            c.record.size = st.st_size  # the size last seen: status and progress report it
-            if st.st_size < c.offset or (c.record.inode and st.st_ino != c.record.inode):
+            c.record.size = st.size  # the size last seen: status and progress report it
+            if st.size < c.offset or (c.record.inode and st.inode != c.record.inode):
                 return True  # replaced or truncated: _check_identity reads it again
-            if st.st_size > c.offset and st.st_size != c.stuck_size:
+            if st.size > c.offset and st.size != c.stuck_size:
                 return True
         return False
 
@@ -149,14 +154,20 @@ class _Worker:
 _HEAD_BYTES = 32
 
 
-def _head_crc(path: str, opener: Callable[[str], int]) -> int | None:
+def _head_crc(path: str, source: Source) -> int | None:
     """CRC-32 of a file's first bytes (a tfevents file starts with a timestamped record)."""
     try:
-        fd = opener(path)
-        try:
-            data = os.pread(fd, _HEAD_BYTES, 0)
-        finally:
-            os.close(fd)
+        opened = source.open(path)
+        if isinstance(opened, int):
+            try:
+                data = os.pread(opened, _HEAD_BYTES, 0)
+            finally:
+                os.close(opened)
+        else:
+            try:
+                data = opened.pread(_HEAD_BYTES, 0)
+            finally:
+                opened.close()
     except OSError:
         return None
     return zlib.crc32(data) if len(data) == _HEAD_BYTES else None
@@ -184,7 +195,7 @@ def _cut_at_step_boundary(decoded: list, end: int) -> tuple[list, int]:
 class Engine:
     def __init__(
         self,
-        root: str,
+        root: str | Source,
         backend: Backend,
         store: StateStore,
         options: Options | None = None,
@@ -193,10 +204,14 @@ class Engine:
         entity: str | None = None,
         on_progress: Callable[[int], None] | None = None,
     ) -> None:
-        self.root = os.path.abspath(root)
+        self.options = options or Options()
+        # a path or URL: the source it names; a Source: that one (tests, the in-process shim)
+        self.source = root if isinstance(root, Source) else open_source(
+            root, follow_symlinks=self.options.follow_symlinks, storage_options=self.options.storage_options,
+            idle_after=self.options.idle_after, idle_max=self.options.idle_interval)
+        self.root = self.source.root
         self.backend = backend
         self.store = store
-        self.options = options or Options()
         self.project = project
         self.entity = entity
         self.on_progress = on_progress
@@ -204,27 +219,19 @@ class Engine:
         self._workers: dict[str, _Worker] = {}
         self._known: dict[str, str] = {}  # event file -> run key, for cheap rescans
         self._run_keys: dict[str, str] = {}  # run directory (relative) -> run key, likewise
-        self._warned_dirs: set[str] = set()
-        follow = self.options.follow_symlinks
-        self._scanner = discovery.Scanner(self.root, self._warned_dirs, follow_files=follow,
-                                          follow_top_dirs=follow)
         self.started = time.time()
         self.live = False  # watch mode: lag samples are meaningful
         self.lag_samples: deque[float] = deque(maxlen=2048)  # seconds, file write -> sink
         self.status_path = os.path.join(store.state_dir, "status.json")
         self._status_writer = SnapshotWriter(self.status_path)
-        self._read_args = {"max_payload": self.options.limits.max_record_bytes, "opener": self._open_event}
+        self._read_args = {"max_payload": self.options.limits.max_record_bytes, "opener": self.source.open}
 
-    def _open_event(self, path: str) -> int:
-        """Open an event file without following a symlink below the root (see confine.py);
-        with ``follow_symlinks`` a linked run directory and a linked event file are followed,
-        directories inside a run never are."""
-        rel = os.path.relpath(path, self.root)
-        follow = self.options.follow_symlinks
-        if follow and os.sep in rel:
-            first, rest = rel.split(os.sep, 1)
-            return confine.open_file(os.path.join(self.root, first), rest, follow_last=True)
-        return confine.open_file(self.root, rel, follow_last=follow)
+    def _wanted(self, ref: RunRef, run_rel: str) -> bool:
+        """Whether this engine may touch the run: --only-runs (parallel upload) and --shard."""
+        if self.options.only_runs is not None and ref.key not in self.options.only_runs:
+            return False
+        shard = self.options.shard
+        return shard is None or shard_of(run_rel or ref.name, shard[1]) == shard[0]
 
     # -- discovery -------------------------------------------------------------------------
     def register(self, paths: Iterable[str]) -> set[str]:
@@ -241,7 +248,7 @@ class Engine:
             except ValueError:
                 continue
             ref = run_ref(self.root, run_rel)
-            if self.options.only_runs is not None and ref.key not in self.options.only_runs:
+            if not self._wanted(ref, run_rel):
                 continue
             worker = self._workers.get(ref.key)
             if worker is None:
@@ -255,7 +262,7 @@ class Engine:
 
     def _locate(self, path: str) -> tuple[str, str]:
         """locate(), or with Options.single_run every directory below the root as a key prefix."""
-        run_rel, prefix = locate(self.root, path)
+        run_rel, prefix = locate(self.root, path, self.source.subdirs)
         if self.options.single_run and run_rel:
             # every directory is a prefix, except those add_hparams names after the time
             return "", key_prefix("/".join([run_rel.replace(os.sep, "/"), prefix]))
@@ -277,10 +284,12 @@ class Engine:
         return worker
 
     def rescan(self) -> set[str]:
-        found = self._scanner.scan()
+        found = self.source.scan()
         keys = self.register(found)
         self._forget_vanished(set(found))
-        for run_rel in ([""] if self.options.single_run else self._scanner.run_dirs()):
+        if not self.source.local:  # run metadata and artifacts are a protocol of local roots
+            return keys
+        for run_rel in ([""] if self.options.single_run else self.source.run_dirs()):
             known = self._run_keys.get(run_rel)
             if known is not None and known in self._workers:
                 keys.add(known)  # already followed: its metadata is checked when it is drained
@@ -288,7 +297,7 @@ class Engine:
             directory = os.path.join(self.root, run_rel) if run_rel else self.root
             if has_metadata(directory) or os.path.isdir(os.path.join(directory, ".tracelet")):
                 ref = run_ref(self.root, run_rel)
-                if self.options.only_runs is not None and ref.key not in self.options.only_runs:
+                if not self._wanted(ref, run_rel):
                     continue
                 if ref.key not in self._workers:
                     self._load_worker(ref)
@@ -301,23 +310,18 @@ class Engine:
         out = {}
         for key, w in self._workers.items():
             if self._needs_open(w):
-                backlog = 0
-                for c in w.cursors.values():
-                    try:
-                        backlog += max(0, os.stat(c.path).st_size - c.offset)
-                    except OSError:
-                        pass
-                out[key] = backlog + 1
+                out[key] = self._backlog(w) + 1
         return out
 
     def backlog_bytes(self) -> int:
+        return sum(self._backlog(w) for w in self._workers.values())
+
+    def _backlog(self, w: _Worker) -> int:
         total = 0
-        for worker in self._workers.values():
-            for c in worker.cursors.values():
-                try:
-                    total += max(0, os.stat(c.path).st_size - c.offset)
-                except OSError:
-                    pass
+        for c in w.cursors.values():
+            st = self.source.stat(c.path)
+            if st is not None:
+                total += max(0, st.size - c.offset)
         return total
 
     # -- opening and recovery --------------------------------------------------------------
@@ -351,7 +355,7 @@ class Engine:
                 self._replay(w, batch, durable)
         w.journal_pending = False
         self.report.runs += 1
-        if os.path.isfile(os.path.join(w.ref.directory, "projector_config.pbtxt")):
+        if self.source.local and os.path.isfile(os.path.join(w.ref.directory, "projector_config.pbtxt")):
             log.info("%s: TensorBoard projector data (add_embedding) is not replayed; it stays in %s",
                      w.ref.name, w.ref.directory)
         self._apply_metadata(w, opened_with=md)
@@ -399,7 +403,7 @@ class Engine:
             return
         positions = cp.get("files") or {}
         for rel, offset in positions.items():
-            path = os.path.normpath(os.path.join(w.ref.directory, rel))
+            path = self.source.join(w.ref.directory, rel)
             c = w.cursors.get(path)
             if c is None or not isinstance(offset, int):
                 continue
@@ -473,21 +477,25 @@ class Engine:
         log.log(level, msg, *args)
 
     def _read_file(self, w: _Worker, c: _Cursor, budget: int):
-        try:
-            st = os.stat(c.path)
-        except OSError:
+        st = self.source.stat(c.path)
+        if st is None:
             return None
         c.gone_since = 0.0
         self._check_identity(w, c, st)
-        size, c.mtime = st.st_size, st.st_mtime
+        size, c.mtime = st.size, st.mtime
         c.record.size = size
         if size <= c.offset or size == c.stuck_size:
             return None
+        expect = c.window[1] if c.window is not None and c.window[0] == c.offset else None
         try:
-            rb = read_batch(c.path, c.offset, budget, **self._read_args)
+            rb = read_batch(c.path, c.offset, budget, expect_before=expect, **self._read_args)
+        except RewrittenError:
+            self._reset(c, st, f"it was rewritten (the bytes before byte {c.offset} changed)")
+            return None
         except OSError as exc:
             self._say_once(w, "io:" + c.path, logging.WARNING, "cannot read %s: %s", c.path, exc.strerror or exc)
             return None
+        c.window = (rb.end, rb.window_crc) if rb.window_crc is not None else None
         c.stuck_size = size if rb.pending is not None else -1
         if rb.fatal is not None:
             c.record.status = "quarantined"
@@ -497,30 +505,36 @@ class Engine:
             log.error("%s; file quarantined, other files go on", rb.fatal)
         return rb
 
-    def _check_identity(self, w: _Worker, c: _Cursor, st: os.stat_result) -> None:
+    def _check_identity(self, w: _Worker, c: _Cursor, st: FileStat) -> None:
         """Notice a file replaced or rewritten under a known path and read it from the start."""
         rec = c.record
         reason = ""
-        if rec.inode and (st.st_dev, st.st_ino) != (rec.dev, rec.inode):
+        if rec.inode and (st.dev, st.inode) != (rec.dev, rec.inode):
             reason = "it is a different file now (inode changed)"
-        elif st.st_size < c.offset:
-            reason = f"it is shorter ({st.st_size} bytes) than what was already read ({c.offset})"
-        elif c.verify_head and rec.head >= 0 and st.st_size >= _HEAD_BYTES:
-            if _head_crc(c.path, self._open_event) not in (rec.head, None):
+        elif st.size < c.offset:
+            reason = f"it is shorter ({st.size} bytes) than what was already read ({c.offset})"
+        elif c.verify_head and rec.head >= 0 and st.size >= _HEAD_BYTES:
+            if _head_crc(c.path, self.source) not in (rec.head, None):
                 reason = "its first bytes changed"
         c.verify_head = False
         if reason:
-            self.report.error("replaced")
-            log.warning("%s: %s; reading it from the start", c.path, reason)
-            rec.corrupt, rec.status, rec.error, rec.plugins = 0, "ok", "", {}
-            rec.dev, rec.inode, rec.head = st.st_dev, st.st_ino, -1
-            c.offset, c.stuck_size = 0, -1
-            self.store.reset_file(rec)
+            self._reset(c, st, reason)
         if not rec.inode:
-            rec.dev, rec.inode = st.st_dev, st.st_ino
-        if rec.head < 0 and st.st_size >= _HEAD_BYTES:
-            head = _head_crc(c.path, self._open_event)
+            rec.dev, rec.inode = st.dev, st.inode
+        if rec.head < 0 and st.size >= _HEAD_BYTES:
+            head = _head_crc(c.path, self.source)
             rec.head = -1 if head is None else head
+
+    def _reset(self, c: _Cursor, st: FileStat, reason: str) -> None:
+        """Read a replaced file from the start (its old content was sent already: nothing repeats
+        unless the new one repeats it)."""
+        rec = c.record
+        self.report.error("replaced")
+        log.warning("%s: %s; reading it from the start", c.path, reason)
+        rec.corrupt, rec.status, rec.error, rec.plugins = 0, "ok", "", {}
+        rec.dev, rec.inode, rec.head = st.dev, st.inode, -1
+        c.offset, c.stuck_size, c.window = 0, -1, None
+        self.store.reset_file(rec)
 
     def _forget_vanished(self, seen: set[str]) -> None:
         """Files gone for `forget_after` seconds leave the state; so do runs with no files left."""
@@ -529,7 +543,7 @@ class Engine:
             w = self._workers[key]
             gone = []
             for path, c in w.cursors.items():
-                if path in seen or os.path.exists(path):
+                if path in seen or self.source.exists(path):
                     c.gone_since = 0.0
                     continue
                 c.gone_since = c.gone_since or now
@@ -541,7 +555,7 @@ class Engine:
                 self.store.forget_files(gone)
                 for path in gone:
                     del w.cursors[path]
-            if not w.cursors and not os.path.isdir(w.ref.directory):
+            if not w.cursors and not self.source.is_dir(w.ref.directory):
                 if w.sink is not None:
                     log.info("%s: run directory is gone; finishing the run", w.ref.name)
                     self.finish(w)
@@ -605,7 +619,7 @@ class Engine:
         if rows:
             w.last_active = time.monotonic()
             w.sink.write(rows)
-            w.sink.checkpoint(seq_last, {os.path.relpath(p, w.ref.directory): c.offset
+            w.sink.checkpoint(seq_last, {self.source.relpath(p, w.ref.directory): c.offset
                                          for p, c in w.cursors.items()})
             self.report.rows += len(rows)
             self.report.events += len(events)
@@ -639,6 +653,8 @@ class Engine:
 
     # -- run metadata and artifacts (the file protocol, see metadata.py) ----------------------
     def _metadata(self, w: _Worker) -> RunMetadata | None:
+        if not self.source.local:
+            return replace(RunMetadata(), group=w.ref.group) if w.ref.group else None
         try:
             md = load_run_metadata(w.ref.directory, self.options.limits)
         except MetadataError as exc:
@@ -650,11 +666,11 @@ class Engine:
         return md
 
     def _meta_pending(self, w: _Worker) -> bool:
-        return repr(fingerprint(w.ref.directory)) != w.meta_fp
+        return self.source.local and repr(fingerprint(w.ref.directory)) != w.meta_fp
 
     def _apply_metadata(self, w: _Worker, opened_with: RunMetadata | None = None) -> None:
         """Push changed run metadata and new artifacts to the open run (each artifact once)."""
-        if w.sink is None:
+        if w.sink is None or not self.source.local:
             return
         fp = repr(fingerprint(w.ref.directory))
         if fp == w.meta_fp and opened_with is None:
@@ -705,11 +721,11 @@ class Engine:
                            " (%s: %s); skipped", w.ref.name, what, type(exc).__name__, str(exc)[:300])
 
     def _needs_open(self, w: _Worker) -> bool:
-        return (w.has_data() or self._meta_pending(w)) and self._ours(w)
+        return (w.has_data(self.source) or self._meta_pending(w)) and self._ours(w)
 
     def _ours(self, w: _Worker) -> bool:
         """False if the run's run.json names another uploader (e.g. the in-process shim's engine)."""
-        owner = uploader_of(w.ref.directory)
+        owner = uploader_of(w.ref.directory) if self.source.local else None
         if owner is not None and owner != self.options.uploader:
             self._say_once(w, "uploader:" + owner, logging.INFO, "%s: its run.json says it is uploaded"
                            " by %r, not by this %s engine; skipped", w.ref.name, owner, self.options.uploader)
@@ -790,6 +806,7 @@ class Engine:
             except Exception as exc:  # noqa: BLE001 - finish the others
                 log.error("%s: finishing failed: %s", w.ref.name, exc)
         self._collect_tails()
+        self.source.close()
 
     def _collect_tails(self) -> None:
         for w in self._workers.values():
@@ -867,6 +884,7 @@ class Engine:
                 "last": self.lag_samples[-1] if lags else None,
             },
             "runs": runs,
+            "source": self.source.counters(),
         }
 
     def write_status(self) -> dict | None:
@@ -884,8 +902,9 @@ class Engine:
         watchdog pings, metrics.
         """
         self.live = True
-        watcher = discovery.Watcher(self.root, use_inotify=self.options.use_inotify)
-        stop_waker = threading.Thread(target=lambda: (stop.wait(), watcher.wake()), daemon=True)
+        watcher = self.source.hints(self.options.use_inotify)
+        stop_waker = threading.Thread(target=lambda: (stop.wait(), watcher.wake(), self.source.interrupt()),
+                                      daemon=True)
         stop_waker.start()
         log.info("watching %s (%s)", self.root, "inotify + rescans" if watcher.inotify else "polling rescans")
         next_scan = next_status = 0.0
@@ -909,7 +928,7 @@ class Engine:
                 for w in self._workers.values():
                     if w.sink is not None:
                         self._ack(w, force=True)
-                        if w.writer_finished and not w.has_data() and not self._register_unseen(w):
+                        if w.writer_finished and not w.has_data(self.source) and not self._register_unseen(w):
                             log.info("%s: the writer finished the run; finishing it", w.ref.name)
                             self.finish(w)
                 self._limit_open_runs()
@@ -923,12 +942,11 @@ class Engine:
                 if any(w.sink is not None for w in self._workers.values()):
                     wake_at = min(wake_at, time.monotonic() + self.options.ack_interval)
                 timeout = max(0.05, wake_at - time.monotonic())
-                hints = watcher.wait(timeout)
+                files, rescan_now = watcher.wait(timeout)
                 if stop.is_set():
                     break
-                files = [h for h in hints if os.path.isfile(h)]
-                if len(files) != len(hints):
-                    next_scan = 0.0  # a directory appeared or something vanished: rescan now
+                if rescan_now:
+                    next_scan = 0.0  # a directory appeared or something vanished
                 for key in self.register(files):
                     w = self._workers[key]
                     if w.sink is not None or self._needs_open(w):
@@ -947,9 +965,7 @@ class Engine:
         Checked before finishing a run whose writer says it is done: its last file may have
         appeared after the last rescan, and finishing first would reopen the run right away.
         """
-        unseen = [p for p in discovery.scan(w.ref.directory, self._warned_dirs,
-                                            follow_files=self.options.follow_symlinks)
-                  if p not in w.cursors]
+        unseen = [p for p in self.source.scan_dir(w.ref.directory) if p not in w.cursors]
         if unseen:
             self.register(unseen)
         return bool(unseen)

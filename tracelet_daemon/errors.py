@@ -54,6 +54,11 @@ class FramingError(ReaderError):
     """The length field is corrupt or absurd: nothing after `offset` can be trusted."""
 
 
+class RewrittenError(ReaderError):
+    """The bytes just before the read position are not the ones read there before: the file
+    (an object, usually) was replaced by another one under the same name; read it from the start."""
+
+
 class ConfinementError(TraceletError, OSError):
     """A file under the runs root is not what it must be: a symbolic link, outside its
     directory, not a regular file, or over a size limit. The message names the path, never

@@ -14,12 +14,13 @@ from __future__ import annotations
 
 import os
 import struct
+import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from google_crc32c import value as _crc32c
 
-from .errors import CorruptRecordError, FramingError, OversizeRecordError, TruncatedRecordError
+from .errors import CorruptRecordError, FramingError, OversizeRecordError, RewrittenError, TruncatedRecordError
 
 HEADER_SIZE = 12
 FOOTER_SIZE = 4
@@ -29,6 +30,7 @@ _MASK_DELTA = 0xA282EAD8
 _HEADER = struct.Struct("<QI")
 _FOOTER = struct.Struct("<I")
 _DEFAULT_CHUNK = 4 << 20
+WINDOW = 16  # bytes before an offset whose checksum says the file was not rewritten under it
 
 
 def masked_crc32c(data: bytes) -> int:
@@ -57,25 +59,62 @@ class RecordReader:
     """
 
     def __init__(self, path: str, offset: int = 0, *, chunk_size: int = _DEFAULT_CHUNK,
-                 max_payload: int = DEFAULT_MAX_PAYLOAD, opener: Callable[[str], int] | None = None) -> None:
-        """`opener(path) -> fd` opens the file (a confined opener for untrusted roots);
-        records longer than `max_payload` are skipped by their checksummed length, unread."""
+                 max_payload: int = DEFAULT_MAX_PAYLOAD, opener: Callable[[str], object] | None = None,
+                 expect_before: int | None = None) -> None:
+        """`opener(path)` opens the file: a descriptor (a confined opener for untrusted roots) or
+        a source handle with ``pread``/``size``/``close`` (an object store);
+        records longer than `max_payload` are skipped by their checksummed length, unread;
+        `expect_before` is the CRC-32 of the `WINDOW` bytes before `offset` when they were
+        read last time: if they differ now the file was rewritten (RewrittenError)."""
         self.path = path
         self.offset = offset
         self._chunk = max(chunk_size, HEADER_SIZE + FOOTER_SIZE)
         self._max_payload = max_payload
-        self._fd = opener(path) if opener is not None else os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        opened = opener(path) if opener is not None else os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        if isinstance(opened, int):
+            self._fd, self._handle = opened, None
+            self._pread = lambda n, at, fd=opened: os.pread(fd, n, at)
+        else:
+            self._fd, self._handle = -1, opened
+            self._pread = opened.pread
         self._buf = b""
         self._buf_start = offset  # file position of self._buf[0]
         # headers (length + its CRC) already verified: most events of a log have one of a few
         # lengths, so this skips one CRC per record; bounded in case every length differs
         self._good_headers: set[bytes] = set()
+        self._window: tuple[int, bytes] | None = None  # bytes before a refill point
+        if expect_before is not None and offset >= WINDOW:
+            self._check_window(expect_before)
+
+    def _check_window(self, expected: int) -> None:
+        """One read covers the window and the first chunk (one request to an object store)."""
+        try:
+            data = self._pread(WINDOW + self._chunk, self.offset - WINDOW)
+        except BaseException:
+            self.close()
+            raise
+        if len(data) < WINDOW or zlib.crc32(data[:WINDOW]) != expected:
+            self.close()
+            raise RewrittenError(self.path, self.offset, "the bytes before the read position changed")
+        self._buf, self._buf_start = data, self.offset - WINDOW
+
+    def window_crc(self) -> int | None:
+        """CRC-32 of the `WINDOW` bytes before the current offset, if they are still buffered."""
+        rel = self.offset - self._buf_start
+        if WINDOW <= rel <= len(self._buf):
+            return zlib.crc32(self._buf[rel - WINDOW : rel])
+        if self._window is not None and self._window[0] == self.offset:
+            return zlib.crc32(self._window[1])
+        return None
 
     # -- lifecycle -------------------------------------------------------------------------
     def close(self) -> None:
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
+        elif self._handle is not None:
+            self._handle.close()
+            self._handle = None
         self._buf = b""
 
     def __enter__(self) -> RecordReader:
@@ -85,7 +124,7 @@ class RecordReader:
         self.close()
 
     def size(self) -> int:
-        return os.fstat(self._fd).st_size
+        return os.fstat(self._fd).st_size if self._handle is None else self._handle.size()
 
     # -- reading ---------------------------------------------------------------------------
     def _ensure(self, need: int) -> bool:
@@ -94,7 +133,9 @@ class RecordReader:
         if len(self._buf) - rel >= need:
             return True
         want = max(need, self._chunk)
-        data = os.pread(self._fd, want, self.offset)
+        if WINDOW <= rel <= len(self._buf):  # window_crc() may be asked for this position
+            self._window = (self.offset, self._buf[rel - WINDOW : rel])
+        data = self._pread(want, self.offset)
         self._buf, self._buf_start = data, self.offset
         return len(data) >= need
 
@@ -164,6 +205,7 @@ class ReadBatch:
     pending: TruncatedRecordError | None = None  # incomplete tail, retry later
     fatal: FramingError | None = None  # stop this file
     at_eof: bool = False  # stopped at a clean end of data (not at the byte budget)
+    window_crc: int | None = None  # of the WINDOW bytes before `end` (the next read checks them)
 
     @property
     def budget_limited(self) -> bool:
@@ -171,16 +213,18 @@ class ReadBatch:
 
 
 def read_batch(path: str, offset: int, max_bytes: int = 8 << 20, *, end: int | None = None,
-               max_payload: int = DEFAULT_MAX_PAYLOAD, opener: Callable[[str], int] | None = None) -> ReadBatch:
+               max_payload: int = DEFAULT_MAX_PAYLOAD, opener: Callable[[str], object] | None = None,
+               expect_before: int | None = None) -> ReadBatch:
     """Read whole records from `offset` until `max_bytes` were consumed or `end` is reached.
 
     Passing `end` replays an exact byte range read before (crash recovery); a replay that cannot
-    reach `end` raises the error it met, because the file changed under us.
+    reach `end` raises the error it met, because the file changed under us. `expect_before`:
+    see RecordReader (raises RewrittenError).
     """
     batch = ReadBatch(start=offset, end=offset)
     limit = offset + max_bytes if end is None else end
     with RecordReader(path, offset, chunk_size=min(max(max_bytes, 1 << 16), _DEFAULT_CHUNK),
-                      max_payload=max_payload, opener=opener) as rd:
+                      max_payload=max_payload, opener=opener, expect_before=expect_before) as rd:
         while rd.offset < limit:
             try:
                 payload = rd.read_record()
@@ -203,6 +247,7 @@ def read_batch(path: str, offset: int, max_bytes: int = 8 << 20, *, end: int | N
             batch.records.append(payload)
             batch.ends.append(rd.offset)
         batch.end = rd.offset
+        batch.window_crc = rd.window_crc()
     if end is not None and batch.end != end:
         raise FramingError(path, batch.end, f"replay overran its recorded end {end}")
     return batch

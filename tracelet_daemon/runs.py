@@ -143,11 +143,21 @@ def make_run_id(name: str, identity: str) -> str:
 
 
 def run_ref(root: str, run_rel: str) -> RunRef:
-    root = os.path.abspath(root)
+    if "://" not in root:  # an object store's root is a URL, already absolute
+        root = os.path.abspath(root)
     directory = os.path.join(root, run_rel) if run_rel else root
     name = run_rel or os.path.basename(root.rstrip(os.sep)) or "root"
     return RunRef(key=directory, name=name, directory=directory, run_id=make_run_id(name, directory),
                   group=session_group(run_rel))
+
+
+def shard_of(run_rel: str, shards: int) -> int:
+    """The shard (0..shards-1) of a run, from its path relative to the root ("/"-separated).
+
+    A hash of the name alone, so every replica agrees with no coordination, on any host and for
+    any spelling of the root; a run keeps its shard as long as the number of shards is unchanged."""
+    digest = hashlib.sha256(run_rel.replace(os.sep, "/").encode("utf-8", "surrogateescape")).digest()
+    return int.from_bytes(digest[:8], "big") % shards
 
 
 def session_group(run_rel: str) -> str:
