@@ -339,6 +339,36 @@ def test_kubernetes_example_is_a_pod_with_a_read_only_sidecar_and_a_secret_file(
     assert any(m["mountPath"] == "/var/lib/tracelet" for m in side["volumeMounts"])
 
 
+def test_statefulset_example_shards_one_bucket_by_pod_ordinal():
+    """N replicas (N = `replicas`), K from the pod-index label, one state volume per replica."""
+    yaml = yaml_or_skip()
+    from tracelet_daemon.cli._common import parse_shard
+    from tracelet_daemon.sources import is_url
+
+    with open(os.path.join(DEPLOY, "statefulset.yaml")) as f:
+        (sts,) = [d for d in yaml.safe_load_all(f) if d and d["kind"] == "StatefulSet"]
+    n = sts["spec"]["replicas"]
+    pod = sts["spec"]["template"]["spec"]
+    (side,) = pod["containers"]
+    args = side["args"]
+    assert args[0] == "watch" and is_url(args[1])
+    shard = args[args.index("--shard") + 1]
+    env = {e["name"]: e for e in side["env"]}
+    var = re.fullmatch(r"\$\((\w+)\)/(\d+)", shard)
+    assert var and int(var.group(2)) == n, "--shard N must equal replicas"
+    assert env[var.group(1)]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.labels['apps.kubernetes.io/pod-index']"
+    for k in range(n):
+        assert parse_shard(shard.replace(f"$({var.group(1)})", str(k))) == (k, n)
+    claims = {t["metadata"]["name"] for t in sts["spec"]["volumeClaimTemplates"]}
+    state = next(m for m in side["volumeMounts"] if m["mountPath"] == "/var/lib/tracelet")
+    assert state["name"] in claims, "each replica needs its own state volume"
+    assert "WANDB_API_KEY" not in env and float(env["TRACELET_DRAIN_TIMEOUT"]["value"]) < pod["terminationGracePeriodSeconds"]
+    for probe in ("startupProbe", "livenessProbe"):
+        assert side[probe]["exec"]["command"][:2] == ["tracelet", "health"]
+    sc = side["securityContext"]
+    assert sc["runAsNonRoot"] and sc["readOnlyRootFilesystem"] and sc["allowPrivilegeEscalation"] is False
+
+
 def test_example_training_script_writes_a_tensorboard_log(tmp_path):
     pytest.importorskip("tensorboardX")
     logdir = tmp_path / "runs" / "demo"

@@ -67,9 +67,13 @@ def merge_snapshots(snapshots: list[dict]) -> dict:
         lag = snap.get("lag_seconds", {})
         if lag.get("p99") is not None and (worst_lag["p99"] is None or lag["p99"] > worst_lag["p99"]):
             worst_lag = lag
+    source: dict = {}  # each engine lists the store itself: requests add up, the rest is shared
+    for snap in snapshots:
+        for key, value in (snap.get("source") or {}).items():
+            source[key] = source.get(key, 0) + value if key.startswith("requests") else max(source.get(key, 0), value)
     backends = [s.get("backend", "") for s in snapshots]
     return {**first, "backend": ",".join(backends), "backends": backends, "totals": totals,
-            "lag_seconds": worst_lag, "runs": runs, "heartbeat": time.time()}
+            "lag_seconds": worst_lag, "runs": runs, "source": source, "heartbeat": time.time()}
 
 
 class Fanout:

@@ -34,6 +34,25 @@ def _describe(fd: int) -> str:
             time.sleep(0.05)
 
 
+def _command_line(argv: list[str] | None = None) -> str:
+    """The command line with the values of --storage-option / -o hidden: they may hold
+    credentials (an Azure connection string, a key), and the lock file is shown to whoever runs
+    a second tracelet on the directory."""
+    out: list[str] = []
+    hide = False
+    for arg in sys.argv if argv is None else argv:
+        if hide:
+            arg, hide = arg.split("=", 1)[0] + "=***", False
+        elif arg in ("-o", "--storage-option"):
+            hide = True
+        elif arg.startswith("--storage-option="):
+            arg = "--storage-option=" + arg[len("--storage-option="):].split("=", 1)[0] + "=***"
+        elif arg.startswith("-o") and not arg.startswith("--"):
+            arg = "-o" + arg[2:].split("=", 1)[0] + "=***"
+        out.append(arg)
+    return " ".join(out)
+
+
 class DirectoryLock:
     """An exclusive, non-blocking lock on ``<directory>/tracelet.lock``; `what` names the directory
     in the error ("state directory", "W&B directory")."""
@@ -57,7 +76,7 @@ class DirectoryLock:
             os.close(fd)
             raise UsageError(f"cannot lock {what} {directory}: {exc.strerror}") from exc
         self._fd = fd
-        me = json.dumps({"pid": os.getpid(), "command": " ".join(sys.argv)[:1000]}).encode()
+        me = json.dumps({"pid": os.getpid(), "command": _command_line()[:1000]}).encode()
         os.ftruncate(fd, 0)
         os.pwrite(fd, me, 0)
 

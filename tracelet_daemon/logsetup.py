@@ -30,7 +30,7 @@ from .secrets import known_secrets
 
 FORMATS = ("text", "json")
 _TEXT = "%(asctime)s %(levelname)-7s %(message)s"
-_NOISY = ("watchdog", "wandb")  # their INFO chatter is not ours to show
+_NOISY = ("watchdog", "wandb", "botocore", "aiobotocore", "s3fs", "fsspec", "gcsfs", "adlfs", "azure")  # their INFO chatter is not ours
 
 # C0, DEL, C1 and the Unicode line/paragraph separators: anything a terminal or a log viewer may
 # take as a line break or a command

@@ -158,6 +158,20 @@ def _families(latest: _Latest) -> Iterator:
     yield lag_family
     if lag.get("last") is not None:
         yield gauge("tracelet_lag_last_seconds", "Lag of the most recent batch.", lag["last"])
+    source = snap.get("source") or {}
+    if source:  # an object-store root: what listing and reading cost
+        requests = CounterMetricFamily("tracelet_source_requests", "Requests made to the object store.",
+                                       labels=["kind"])
+        for kind in ("list", "read"):
+            requests.add_metric([kind], source.get(f"requests_{kind}", 0))
+        yield requests
+        yield gauge("tracelet_source_prefixes", "Run prefixes listed in the object store.",
+                    source.get("prefixes", 0))
+        yield gauge("tracelet_source_idle_prefixes", "Run prefixes listed with back-off (idle).",
+                    source.get("idle_prefixes", 0))
+        yield gauge("tracelet_source_unreachable_seconds",
+                    "Seconds the object store has been failing (0: it answers).",
+                    source.get("unreachable_seconds", 0))
     if progress.get("last_progress"):
         yield gauge("tracelet_last_progress_timestamp_seconds",
                     "Last time the daemon read new bytes or had nothing left to read (Unix time).",

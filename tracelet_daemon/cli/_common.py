@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import os
 from dataclasses import dataclass
@@ -10,7 +11,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from .. import backends, gcpolicy
+from .. import backends, gcpolicy, sources
 from ..engine import Engine, Options
 from ..fanout import Fanout, close_all
 from ..errors import StateError, UsageError
@@ -43,9 +44,47 @@ TrackingUriOpt = Annotated[Optional[str], typer.Option(
     help="MLflow tracking URI (--backend mlflow; default: an SQLite store inside the state directory).")]
 BatchBytesOpt = Annotated[int, typer.Option(
     "--max-batch-bytes", min=1024, help="Bytes read per run before rows are journaled and sent.")]
+StorageOpt = Annotated[Optional[list[str]], typer.Option(
+    "--storage-option", "-o", metavar="KEY=VALUE",
+    help="An option of the object store's fsspec file system (ROOT is s3://, gs://, az://...);"
+         " repeat it. Values are JSON when they parse as JSON (true, 3, {...}), else text."
+         " Values are never logged.")]
+ShardOpt = Annotated[Optional[str], typer.Option(
+    "--shard", metavar="K/N", envvar="TRACELET_SHARD",
+    help="Only runs whose stable hash of their path is K modulo N (0 <= K < N): N replicas split"
+         " one root with no coordination. Each replica keeps its own state directory.")]
 
 
-def check_root(root: str) -> str:
+def parse_storage_options(items: list[str] | None) -> dict:
+    out: dict = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise UsageError(f"--storage-option wants KEY=VALUE, got {key or item[:40]!r}")
+        try:
+            out[key] = json.loads(value)
+        except ValueError:
+            out[key] = value
+    return out
+
+
+def parse_shard(text: str | None) -> tuple[int, int] | None:
+    if not text:
+        return None
+    k, sep, n = text.partition("/")
+    try:
+        shard = (int(k), int(n))
+    except ValueError:
+        shard = (-1, 0)
+    if not sep or shard[1] < 1 or not 0 <= shard[0] < shard[1]:
+        raise UsageError(f"--shard wants K/N with 0 <= K < N (for example 0/3), got {text!r}")
+    return shard
+
+
+def check_root(root: str, storage_options: dict | None = None) -> str:
+    if sources.is_url(root):
+        return check_url_root(root, storage_options or {})
     if not os.path.exists(root):
         raise UsageError(f"runs root {root} does not exist")
     if not os.path.isdir(root):
@@ -55,8 +94,45 @@ def check_root(root: str) -> str:
     return os.path.abspath(root)
 
 
+def check_url_root(url: str, storage_options: dict) -> str:
+    """The root URL as the source spells it; a missing bucket or refused credentials stop here,
+    an unreachable store does not (watch retries with back-off)."""
+    from ..sources.objectstore import ObjectStoreSource, open_filesystem
+
+    try:
+        fs, path = open_filesystem(url, storage_options)
+    except ImportError as exc:
+        raise UsageError(str(exc)) from None
+    except (TypeError, ValueError) as exc:
+        raise UsageError(f"runs root {url}: bad --storage-option ({type(exc).__name__}: {exc})") from None
+    source = ObjectStoreSource(url, fs)
+    try:
+        # a prefix exists once an object is under it: an empty one is fine (training starts later),
+        # a missing bucket or container is not
+        if not fs.isdir(path):
+            container = path.split("/", 1)[0]
+            if not container or container == path or not fs.exists(container):  # file:// has none
+                raise UsageError(f"runs root {source.root} does not exist")
+            log.warning("runs root %s holds no objects yet", source.root)
+    except FileNotFoundError:
+        raise UsageError(f"runs root {source.root} does not exist") from None
+    except PermissionError as exc:
+        raise UsageError(f"runs root {source.root} is not readable ({type(exc).__name__})") from None
+    except UsageError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - network or server: watch retries, upload reports
+        log.warning("runs root %s cannot be checked now (%s); going on", source.root, type(exc).__name__)
+    # abfss://container@account.dfs.core.windows.net/...: the account is only in the URL, and the
+    # engine opens the store again from what this returns: give it the URL as written
+    return url if "@" in url.split("://", 1)[1].split("/", 1)[0] else source.root
+
+
 def check_state_dir(state_dir: str | None, root: str) -> str:
     path = os.path.abspath(state_dir or default_state_dir())
+    if sources.is_url(root):
+        if not root.startswith("file://"):
+            return path
+        root = root[len("file://"):]
     real_root, real_state = os.path.realpath(root), os.path.realpath(path)
     if real_state == real_root or real_state.startswith(real_root + os.sep):
         raise UsageError(f"state directory {path} must not be inside the watched root {root}")
@@ -85,7 +161,7 @@ class Wiring:
 
 def wire(root: str, backend: list[str] | str | None, project: str | None, entity: str | None, mode: str | None,
          state_dir: str | None, options: Options, on_progress=None, tracking_uri: str | None = None) -> Wiring:
-    root = check_root(root)
+    root = check_root(root, options.storage_options)
     state_path = check_state_dir(state_dir, root)
     options.limits = Limits.from_env()
     names = backends.backend_names(backend)

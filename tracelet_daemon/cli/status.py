@@ -108,6 +108,13 @@ def render(snapshot: dict, progress: dict | None, state_dir: str, now: float) ->
     if lag.get("samples"):
         lines.append(f"lag p50 {lag['p50']:.2f}s  p99 {lag['p99']:.2f}s  last {lag['last']:.2f}s"
                      f" ({lag['samples']} samples)")
+    source = snapshot.get("source") or {}
+    if source:  # an object-store root: what listing and reading cost, and whether it answers
+        down = source.get("unreachable_seconds") or 0
+        lines.append(f"object store: {source.get('requests_list', 0)} listing(s),"
+                     f" {source.get('requests_read', 0)} read(s); {source.get('prefixes', 0)} run prefix(es),"
+                     f" {source.get('idle_prefixes', 0)} idle (listed with back-off)"
+                     + (f"; failing for {human_age(down)}" if down else ""))
     if verdict.problems and verdict.running:
         lines.append("health: " + "; ".join(verdict.problems))
     rows = run_rows(snapshot, now)

@@ -12,12 +12,15 @@ import typer
 from ..engine import Options
 from ..parallel import default_jobs, upload_parallel
 from ..progress import Tick, upload_pass
-from ._common import (BackendOpt, BatchBytesOpt, FollowOpt, EntityOpt, LogFormatOpt, LogLevelOpt, ModeOpt, ProjectOpt,
+from ._common import (BackendOpt, BatchBytesOpt, EntityOpt, FollowOpt, LogFormatOpt, LogLevelOpt, ModeOpt, ProjectOpt,
+                      ShardOpt, StorageOpt, parse_shard, parse_storage_options,
                       StateDirOpt, TrackingUriOpt, print_outcome, setup_logging, wire)
 
 
 def upload(
-    root: Annotated[str, typer.Argument(help="The runs root: one run per first-level directory.")],
+    root: Annotated[str, typer.Argument(
+        help="The runs root, one run per first-level directory: a path, or an s3://, gs://, az://,"
+             " file:// ... URL (docs/object-stores.md).")],
     backend: BackendOpt = None,
     project: ProjectOpt = None,
     entity: EntityOpt = None,
@@ -28,6 +31,8 @@ def upload(
         help="Show a progress bar (bytes, runs, rows) when stderr is a terminal and logs are text.")] = True,
     max_batch_bytes: BatchBytesOpt = 8 << 20,
     follow_symlinks: FollowOpt = False,
+    storage_option: StorageOpt = None,
+    shard: ShardOpt = None,
     jobs: Annotated[Optional[int], typer.Option(
         "--jobs", "-j", min=1, envvar="TRACELET_JOBS",
         help="Worker processes replaying runs in parallel (default: one per CPU, at most 4).")] = None,
@@ -36,9 +41,9 @@ def upload(
 ) -> None:
     """Upload every run under ROOT once; a rerun sends only what is new."""
     setup_logging(log_level, log_format)
-    w = wire(root, backend, project, entity, mode, state_dir, Options(max_batch_bytes=max_batch_bytes,
-                                                                        follow_symlinks=follow_symlinks),
-             tracking_uri=tracking_uri)
+    options = Options(max_batch_bytes=max_batch_bytes, follow_symlinks=follow_symlinks,
+                      storage_options=parse_storage_options(storage_option), shard=parse_shard(shard))
+    w = wire(root, backend, project, entity, mode, state_dir, options, tracking_uri=tracking_uri)
     display = None
     # the bar is for people: never on a pipe, and never between JSON lines
     if progress and log_format == "text" and sys.stderr.isatty():

@@ -19,7 +19,8 @@ from ..engine import Engine, Options
 from ..metrics import MetricsServer, ProgressTracker, write_progress
 from ..notify import Notifier
 from ._signals import StopRequest
-from ._common import (BackendOpt, BatchBytesOpt, FollowOpt, EntityOpt, LogFormatOpt, LogLevelOpt, ModeOpt, ProjectOpt,
+from ._common import (BackendOpt, BatchBytesOpt, EntityOpt, FollowOpt, LogFormatOpt, LogLevelOpt, ModeOpt, ProjectOpt,
+                      ShardOpt, StorageOpt, parse_shard, parse_storage_options,
                       StateDirOpt, TrackingUriOpt, print_outcome, setup_logging, wire)
 
 log = logging.getLogger("tracelet")
@@ -83,7 +84,9 @@ class Supervision:
 
 def watch(
     ctx: typer.Context,
-    root: Annotated[str, typer.Argument(help="The runs root: one run per first-level directory.")],
+    root: Annotated[str, typer.Argument(
+        help="The runs root, one run per first-level directory: a path, or an s3://, gs://, az://,"
+             " file:// ... URL (docs/object-stores.md).")],
     backend: BackendOpt = None,
     project: ProjectOpt = None,
     entity: EntityOpt = None,
@@ -94,7 +97,16 @@ def watch(
     rescan_interval: Annotated[Optional[float], typer.Option(
         help="Seconds between full rescans (default: 10, or 2 with --poll).", min=0.1)] = None,
     max_batch_bytes: BatchBytesOpt = 8 << 20,
+    idle_after: Annotated[float, typer.Option(
+        envvar="TRACELET_IDLE_AFTER", min=0,
+        help="Object-store roots: a run whose listing has not changed for this many seconds is listed"
+        " less and less often (exponential back-off) ...")] = 300.0,
+    idle_interval: Annotated[float, typer.Option(
+        envvar="TRACELET_IDLE_INTERVAL", min=1,
+        help="... down to one listing per this many seconds: the bound on requests per idle run.")] = 60.0,
     follow_symlinks: FollowOpt = False,
+    storage_option: StorageOpt = None,
+    shard: ShardOpt = None,
     drain_timeout: Annotated[float, typer.Option(
         envvar="TRACELET_DRAIN_TIMEOUT", min=0,
         help="After SIGTERM/SIGINT, seconds to finish open runs before exiting anyway (0: no limit)."
@@ -121,7 +133,9 @@ def watch(
     request.arm(notifier, drain_timeout)
     rescan_interval = rescan_interval or (2.0 if poll else 10.0)
     options = Options(rescan_interval=rescan_interval, use_inotify=not poll, max_batch_bytes=max_batch_bytes,
-                      max_open_runs=max_open_runs, follow_symlinks=follow_symlinks)
+                      max_open_runs=max_open_runs, follow_symlinks=follow_symlinks,
+                      storage_options=parse_storage_options(storage_option), shard=parse_shard(shard),
+                      idle_after=idle_after, idle_interval=idle_interval)
     w = wire(root, backend, project, entity, mode, state_dir, options, tracking_uri=tracking_uri)
     metrics = None
     try:
