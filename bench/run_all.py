@@ -9,6 +9,7 @@
     python bench/run_all.py --parallel      # + 50 runs uploaded on 1 vs 2 cores (bench_parallel)
     python bench/run_all.py --all           # all of the above (~10 minutes on 2 cores)
     python bench/run_all.py --mlflow        # + the MLflow floor vs `tracelet upload --backend mlflow`
+    python bench/run_all.py --objectstore   # + S3 (moto) roots: lag, idle listings, upload (~6 min)
 
 Prints machine information first (figures mean little without it), then one table with every
 reader peer and every upload contender side by side, then each bench's detailed table, and
@@ -26,6 +27,7 @@ import time
 import _common as common
 import bench_live
 import bench_mlflow
+import bench_objectstore
 import bench_parallel
 import bench_reader
 import bench_scale
@@ -164,6 +166,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--parallel", action="store_true", help="50 runs uploaded on 1 vs 2 cores (~2 min)")
     ap.add_argument("--mlflow", action="store_true",
                     help="a local mlflow server: the sequential log_batch floor vs tracelet (needs .[mlflow])")
+    ap.add_argument("--objectstore", action="store_true",
+                    help="a local S3 server (moto): lag, idle listings and upload from a bucket vs a local"
+                         " directory (~6 min; needs moto[server] and .[s3])")
     ap.add_argument("--all", action="store_true",
                     help="--with-wandb-tb (run once) --live --scale-runs --parallel (~10 min on 2 cores)")
     ap.add_argument("--json", metavar="FILE", help="also write every figure to FILE as JSON")
@@ -208,6 +213,8 @@ def main(argv: list[str] | None = None) -> int:
         extra["scale"] = bench_scale.run_bench(quick=args.quick, idle_seconds=args.idle_seconds, out=args.out)
     if args.mlflow:
         extra["mlflow"] = bench_mlflow.run_bench(log, [1, 2] if args.quick else [1, 2, 4])
+    if args.objectstore:
+        extra["objectstore"] = bench_objectstore.run_bench(quick=args.quick, scale=args.scale, out=args.out)
     elapsed = time.perf_counter() - started
 
     print("\n=== tracelet benchmark: side by side ===")
@@ -230,6 +237,9 @@ def main(argv: list[str] | None = None) -> int:
     if "mlflow" in extra:
         print("\n=== MLflow ===")
         print(bench_mlflow.format_report(extra["mlflow"]))
+    if "objectstore" in extra:
+        print("\n=== object store (S3) ===")
+        print(bench_objectstore.format_report(extra["objectstore"]))
     if extra:
         print("\n=== issue 7 targets (informational: nothing here fails the run) ===")
         print(targets_table(reader, upload, extra, log.spec.scale))

@@ -85,6 +85,7 @@ def test_deployment_page_covers_every_target():
     for heading in ("## Docker", "## Docker Compose", "## Kubernetes", "## systemd"):
         assert heading in text
     for path in ("Dockerfile", "examples/deploy/compose.yaml", "examples/deploy/kubernetes.yaml",
+                 "examples/deploy/statefulset.yaml",
                  "systemd/tracelet.service", "systemd/tracelet@.service"):
         assert f'--8<-- "{path}"' in text, f"{path} is not included"
         assert os.path.isfile(os.path.join(REPO, path))
