@@ -34,7 +34,7 @@ from .events import UndecodableEvent, decode_event
 from .limits import Limits
 from .metadata import (MetadataError, RunMetadata, artifact_ids, display_text, fingerprint, has_metadata,
                        load_artifact, load_run_metadata, staged, uploader_of)
-from .records import read_batch
+from .records import as_handle, read_batch
 from .runs import RunRef, group_rows, key_prefix, locate, make_run_id, run_ref, shard_of
 from .sources import FileStat, Source, open_source
 from .state import FileRecord, RunRecord, StateStore
@@ -157,17 +157,11 @@ _HEAD_BYTES = 32
 def _head_crc(path: str, source: Source) -> int | None:
     """CRC-32 of a file's first bytes (a tfevents file starts with a timestamped record)."""
     try:
-        opened = source.open(path)
-        if isinstance(opened, int):
-            try:
-                data = os.pread(opened, _HEAD_BYTES, 0)
-            finally:
-                os.close(opened)
-        else:
-            try:
-                data = opened.pread(_HEAD_BYTES, 0)
-            finally:
-                opened.close()
+        handle = as_handle(source.open(path))
+        try:
+            data = handle.pread(_HEAD_BYTES, 0)
+        finally:
+            handle.close()
     except OSError:
         return None
     return zlib.crc32(data) if len(data) == _HEAD_BYTES else None

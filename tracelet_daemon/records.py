@@ -50,6 +50,31 @@ def frame(payload: bytes) -> bytes:
     )
 
 
+class FdHandle:
+    """A file descriptor as a source handle (sources.base.Handle): positioned reads, owned."""
+
+    __slots__ = ("fd",)
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+
+    def pread(self, n: int, offset: int) -> bytes:
+        return os.pread(self.fd, n, offset)
+
+    def size(self) -> int:
+        return os.fstat(self.fd).st_size
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
+def as_handle(opened: object) -> FdHandle | object:
+    """What an opener returned (a descriptor, or a source handle) as a handle."""
+    return FdHandle(opened) if isinstance(opened, int) else opened
+
+
 class RecordReader:
     """Reads records from `path` starting at byte `offset`.
 
@@ -70,13 +95,8 @@ class RecordReader:
         self.offset = offset
         self._chunk = max(chunk_size, HEADER_SIZE + FOOTER_SIZE)
         self._max_payload = max_payload
-        opened = opener(path) if opener is not None else os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-        if isinstance(opened, int):
-            self._fd, self._handle = opened, None
-            self._pread = lambda n, at, fd=opened: os.pread(fd, n, at)
-        else:
-            self._fd, self._handle = -1, opened
-            self._pread = opened.pread
+        self._handle = as_handle(opener(path) if opener is not None else os.open(path, os.O_RDONLY | os.O_CLOEXEC))
+        self._pread = self._handle.pread
         self._buf = b""
         self._buf_start = offset  # file position of self._buf[0]
         # headers (length + its CRC) already verified: most events of a log have one of a few
@@ -109,10 +129,7 @@ class RecordReader:
 
     # -- lifecycle -------------------------------------------------------------------------
     def close(self) -> None:
-        if self._fd >= 0:
-            os.close(self._fd)
-            self._fd = -1
-        elif self._handle is not None:
+        if self._handle is not None:
             self._handle.close()
             self._handle = None
         self._buf = b""
@@ -124,7 +141,7 @@ class RecordReader:
         self.close()
 
     def size(self) -> int:
-        return os.fstat(self._fd).st_size if self._handle is None else self._handle.size()
+        return self._handle.size()
 
     # -- reading ---------------------------------------------------------------------------
     def _ensure(self, need: int) -> bool:

@@ -70,10 +70,11 @@ def _hidden(rel: str) -> bool:
     return any(part.startswith(".") for part in rel.split("/"))
 
 
-def _unavailable(exc: BaseException, what: str) -> StoreUnavailable:
-    """An OSError naming the object and the failure's class, never credentials."""
+def _describe(exc: BaseException) -> str:
+    """The failure's class and the first line of its message (client libraries do not put
+    credentials in messages; request headers are never shown)."""
     msg = str(exc).splitlines()[0][:300] if str(exc) else ""
-    return StoreUnavailable(f"{what}: {type(exc).__name__}{': ' + msg if msg else ''}")
+    return f"{type(exc).__name__}: {msg}" if msg else type(exc).__name__
 
 
 @dataclass
@@ -116,7 +117,7 @@ class _Handle:
             text = str(exc)
             if "InvalidRange" in text or "416" in text or "not satisfiable" in text:
                 return b""  # asked past the end: the object is shorter now
-            raise _unavailable(exc, self._url) from None
+            raise StoreUnavailable(f"{self._url}: {_describe(exc)}") from None
         return data
 
     def size(self) -> int:
@@ -195,6 +196,7 @@ class ObjectStoreSource(Source):
         self._top: set[str] = set()  # first-level directory names
         self._top_files: dict[str, FileStat] = {}  # event files directly in the root
         self._prefixes: dict[str, _Prefix] = {}
+        self._index: dict[str, FileStat] = {}  # every event file listed, for stat() and scan()
         self._requests: dict[str, int] = {"list": 0, "read": 0}
         self._failures = 0
         self._down_since = 0.0
@@ -287,75 +289,63 @@ class ObjectStoreSource(Source):
         p.files, p.signature, p.listed = files, signature, True
         p.next_at = now + p.interval
 
-    def _guarded(self, fn: Callable[[], None], what: str) -> bool:
-        """Run one listing; on failure start or continue the back-off (reported once per outage)."""
-        try:
-            fn()
-        except Interrupted:
-            return False
-        except Exception as exc:  # noqa: BLE001 - any client error: keep what we know, retry later
-            now = self._clock()
-            self._failures += 1
-            delay = min(self.retry_max, 2.0 ** min(self._failures, 10))
-            self._retry_at = now + delay
-            if not self._down_since:
-                self._down_since = now
-                log.warning("cannot list %s (%s); keeping what was listed before, retrying with back-off"
-                            " up to %.0fs", what, _unavailable(exc, what).args[0].split(": ", 1)[-1], self.retry_max)
-            return False
+    def _failed(self, exc: BaseException, what: str) -> None:
+        """Start or continue the back-off; said once per outage."""
+        now = self._clock()
+        self._failures += 1
+        self._retry_at = now + min(self.retry_max, 2.0 ** min(self._failures, 10))
+        if not self._down_since:
+            self._down_since = now
+            log.warning("cannot list %s (%s); keeping what was listed before, retrying with back-off up to"
+                        " %.0fs", what, _describe(exc), self.retry_max)
+
+    def _answered(self) -> None:
         if self._down_since:
             log.warning("%s answers again after %.0fs", self.root, self._clock() - self._down_since)
             self._down_since = 0.0
         self._failures = 0
-        return True
 
     def scan(self) -> list[str]:
         now = self._clock()
-        if now >= self._retry_at and self._guarded(self._list_root, self.root):
-            for name in list(self._prefixes):
-                if name not in self._top:
-                    del self._prefixes[name]
-            due = []
-            for name in sorted(self._top):
-                p = self._prefixes.setdefault(name, _Prefix())
-                if now >= p.next_at:
-                    due.append((name, p))
-            self._list_prefixes(due, now)
-        return sorted(self._all_files())
+        if now >= self._retry_at and self._list_all(now):
+            self._answered()
+        return sorted(self._index)
 
-    def _list_prefixes(self, due: list[tuple[str, _Prefix]], now: float) -> None:
-        """List due run prefixes, several at a time (a request takes tens of ms, a bucket may
-        hold thousands of runs); the first failure stops the round and starts the back-off."""
-        def one(item: tuple[str, _Prefix]) -> None:
-            self._list_prefix(item[0], item[1], now)
+    def _list_all(self, now: float) -> bool:
+        """The root, then every due run prefix, several at a time (a request takes tens of ms and
+        a bucket may hold thousands of runs); the first failure ends the round."""
+        try:
+            self._list_root()
+        except Interrupted:
+            return False
+        except Exception as exc:  # noqa: BLE001 - any client error: keep what we know, retry later
+            self._failed(exc, self.root)
+            return False
+        for name in [n for n in self._prefixes if n not in self._top]:
+            del self._prefixes[name]
+        due = [(name, self._prefixes.setdefault(name, _Prefix())) for name in sorted(self._top)]
+        due = [(name, p) for name, p in due if now >= p.next_at]
+        try:
+            for i in range(0, len(due), self.LIST_THREADS):
+                calls = [(name, _Call.start(lambda name=name, p=p: self._list_prefix(name, p, now)))
+                         for name, p in due[i : i + self.LIST_THREADS]]
+                for name, call in calls:
+                    try:
+                        self._wait(call)
+                    except Interrupted:
+                        return False
+                    except Exception as exc:  # noqa: BLE001 - as above
+                        self._failed(exc, self._url(posixpath.join(self._base, name)))
+                        return False
+        finally:
+            self._reindex()
+        return True
 
-        for i in range(0, len(due), self.LIST_THREADS):
-            chunk = due[i : i + self.LIST_THREADS]
-            futures = [(item, _Call.start(lambda item=item: one(item))) for item in chunk]
-            failed = False
-            for item, fut in futures:
-                try:
-                    self._wait(fut)
-                    exc = None
-                except Interrupted:
-                    return
-                except Exception as err:  # noqa: BLE001 - reported by _guarded below
-                    exc = err
-                if exc is not None and not failed:
-                    failed = True
-
-                    def reraise(e: BaseException = exc) -> None:
-                        raise e
-                    self._guarded(reraise, self._url(posixpath.join(self._base, item[0])))
-            if failed:
-                return
-            self._guarded(lambda: None, self.root)
-
-    def _all_files(self) -> dict[str, FileStat]:
-        out = dict(self._top_files)
+    def _reindex(self) -> None:
+        index = dict(self._top_files)
         for p in self._prefixes.values():
-            out.update(p.files)
-        return out
+            index.update(p.files)
+        self._index = index
 
     def run_dirs(self) -> list[str]:
         return ["", *sorted(self._top)]
@@ -366,19 +356,19 @@ class ObjectStoreSource(Source):
             return sorted(self._top_files)
         name = rel.split("/", 1)[0]
         p = self._prefixes.setdefault(name, _Prefix())
-        self._guarded(lambda: self._list_prefix(name, p, self._clock()), directory)
+        try:
+            self._call(lambda: self._list_prefix(name, p, self._clock()))
+        except Interrupted:
+            pass
+        except Exception as exc:  # noqa: BLE001 - keep what was listed before
+            self._failed(exc, directory)
+        self._reindex()
         inside = self._path(directory).rstrip("/") + "/"
         return sorted(u for u in p.files if self._path(u).startswith(inside))
 
     def stat(self, path: str) -> FileStat | None:
-        st = self._top_files.get(path)
-        if st is not None:
-            return st
-        p = self._prefixes.get(self._prefix_of(path))
-        return p.files.get(path) if p is not None else None
-
-    def _prefix_of(self, url: str) -> str:
-        return self.relpath(url, self.root).split("/", 1)[0]
+        """From the last listing: no request."""
+        return self._index.get(path)
 
     def open(self, path: str) -> _Handle:
         st = self.stat(path)
@@ -394,7 +384,7 @@ class ObjectStoreSource(Source):
     def subdirs(self, directory: str) -> list[str]:
         inside = self._path(directory).rstrip("/") + "/"
         names = set()
-        for url in self._all_files():
+        for url in self._index:
             path = self._path(url)
             if path.startswith(inside) and "/" in path[len(inside):]:
                 names.add(path[len(inside):].split("/", 1)[0])
