@@ -416,8 +416,10 @@ class WatchDaemon:
 
     def __init__(self, root: str, tmp: str, *, state_dir: str | None = None,
                  rescan_interval: float = 5.0, extra_args: Sequence[str] = (),
-                 env: Mapping[str, str] | None = None) -> None:
-        self.root = os.path.abspath(root)
+                 env: Mapping[str, str] | None = None, popen=subprocess.Popen) -> None:
+        """`root`: a directory or an object-store URL; `popen`: how to start the process (a
+        bench may track its children to stop them all)."""
+        self.root = root if "://" in root else os.path.abspath(root)
         self.tmp = tmp
         self.state_dir = state_dir or os.path.join(tmp, "state")
         self.env = dict(env) if env is not None else wandb_env(tmp)
@@ -427,8 +429,8 @@ class WatchDaemon:
                      *extra_args]
         self._log = open(self.log_path, "w")  # noqa: SIM115 - closed by stop()
         self.started = time.monotonic()
-        self.proc = subprocess.Popen(self.argv, stdout=self._log, stderr=subprocess.STDOUT, env=self.env,
-                                     cwd=REPO_ROOT, stdin=subprocess.DEVNULL)
+        self.proc = popen(self.argv, stdout=self._log, stderr=subprocess.STDOUT, env=self.env,
+                          cwd=REPO_ROOT, stdin=subprocess.DEVNULL)
         self.pid = self.proc.pid
         self.exit_code: int | None = None
 
@@ -436,7 +438,8 @@ class WatchDaemon:
         ensure_repo_on_path()
         from tracelet_daemon.status import read_status
 
-        return read_status(self.state_dir)
+        snap = read_status(self.state_dir)  # an earlier process on the same state may have left one
+        return snap if snap and snap.get("pid") == self.pid else None
 
     def alive(self) -> bool:
         return self.proc.poll() is None
@@ -450,7 +453,7 @@ class WatchDaemon:
             if not self.alive():
                 return None
             snap = self.status()
-            if snap is not None and snap.get("pid") == self.pid and (
+            if snap is not None and (
                     newer_than is None or snap.get("heartbeat", 0) > newer_than) and predicate(snap):
                 return snap
             time.sleep(poll)
@@ -465,11 +468,15 @@ class WatchDaemon:
             try:
                 self.proc.wait(timeout)
             except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+                self.kill()
         self.exit_code = self.proc.returncode
         self._log.close()
         return self.exit_code
+
+    def kill(self) -> None:
+        """The daemon did not drain in time: its own pid is killed."""
+        self.proc.kill()
+        self.proc.wait()
 
     def log_tail(self, lines: int = 15) -> str:
         try:

@@ -124,53 +124,20 @@ class Procs:
 PROCS = Procs()
 
 
-class Daemon:
-    """``python -m tracelet_daemon watch ROOT`` (a path or an s3:// URL) with its own state dir."""
+class Daemon(common.WatchDaemon):
+    """`common.WatchDaemon` (a path or an s3:// URL) started through PROCS, its own session, and
+    killed with its group and descendants if it does not drain."""
 
-    def __init__(self, root: str, state_dir: str, env: dict, log_path: str, extra: list[str]) -> None:
-        self.state_dir = state_dir
-        self.log_path = log_path
-        self._log = open(log_path, "w")  # noqa: SIM115 - closed by stop()
-        self.argv = [sys.executable, "-m", "tracelet_daemon", "watch", root, "--backend", "wandb",
-                     "--state-dir", state_dir, *extra]
-        self.started = time.monotonic()
-        self.proc = PROCS.popen(self.argv, stdout=self._log, stderr=subprocess.STDOUT, env=env,
-                                cwd=common.REPO_ROOT)
-        self.pid = self.proc.pid
+    def __init__(self, root: str, tmp: str, **kw) -> None:
+        super().__init__(root, tmp, popen=PROCS.popen, **kw)
 
-    def status(self) -> dict | None:
-        from tracelet_daemon.status import read_status
-
-        snap = read_status(self.state_dir)
-        return snap if snap and snap.get("pid") == self.pid else None
-
-    def wait_status(self, timeout: float = 120.0) -> dict | None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and self.proc.poll() is None:
-            snap = self.status()
-            if snap is not None:
-                return snap
-            time.sleep(0.1)
-        return None
+    def kill(self) -> None:
+        PROCS.kill(self.proc)
 
     def stop(self, timeout: float = 120.0) -> int:
-        """SIGTERM (tracelet finishes its runs), wait; killed (group + descendants) if it hangs."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                PROCS.kill(self.proc)
+        code = super().stop(timeout)
         PROCS.done(self.proc)
-        self._log.close()
-        return self.proc.returncode
-
-    def tail(self, n: int = 10) -> str:
-        try:
-            with open(self.log_path) as f:
-                return "\n".join(f.read().strip().splitlines()[-n:])
-        except OSError:
-            return ""
+        return code
 
 
 def timed_run(argv: list[str], env: dict, timeout: float = 900.0) -> dict:
@@ -393,9 +360,9 @@ def run_lag(where: str, moto, seconds: float, interval: float, rescan: float, ke
             env, wr_env = wenv, common.python_env()
         res["root"] = root
         state = os.path.join(tmp, "state")
-        daemon = Daemon(root, state, env, os.path.join(tmp, "watch.log"), ["--rescan-interval", f"{rescan:g}"])
+        daemon = Daemon(root, tmp, state_dir=state, env=env, rescan_interval=rescan)
         if daemon.wait_status() is None:
-            res["error"] = "watch wrote no status.json: " + daemon.tail()
+            res["error"] = "watch wrote no status.json: " + daemon.log_tail(10)
             return res
         steps = max(2, round(seconds / interval))
         events: list[dict] = []
@@ -565,9 +532,8 @@ def run_idle(moto, runs: int, max_seconds: float, rescan: float, idle_after: flo
                   file=sys.stderr, flush=True)
         tail = LogTail(moto.log_path, log_size(moto))
         tail.start()
-        daemon = Daemon(root, state, env, os.path.join(tmp, "watch.log"),
-                        ["--rescan-interval", f"{rescan:g}", "--idle-after", f"{idle_after:g}",
-                         "--idle-interval", f"{cap:g}"])
+        daemon = Daemon(root, tmp, state_dir=state, env=env, rescan_interval=rescan,
+                        extra_args=["--idle-after", f"{idle_after:g}", "--idle-interval", f"{cap:g}"])
         t0 = time.time()
         samples: list[dict] = []
         seen_heartbeat = 0.0
@@ -586,7 +552,7 @@ def run_idle(moto, runs: int, max_seconds: float, rescan: float, idle_after: flo
                     stopped_early = True
                     break
         if daemon.proc.poll() is not None:
-            res["error"] = f"watch exited ({daemon.proc.returncode}): " + daemon.tail()
+            res["error"] = f"watch exited ({daemon.proc.returncode}): " + daemon.log_tail(10)
             return res
         watched = time.time() - t0
         tail.poll()

@@ -24,14 +24,10 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
-import subprocess
-import tempfile
-import time
 import urllib.error
 import urllib.request
 
-from s3_server import free_port
+from server_process import ServerProcess
 
 READY_TIMEOUT = float(os.environ.get("TRACELET_AZURITE_READY_TIMEOUT", "60"))
 AZURITE_DIR = os.environ.get("TRACELET_AZURITE_DIR", os.path.expanduser("~/.cache/tracelet-azurite"))
@@ -71,16 +67,14 @@ def azurite_available() -> str:
     return ""
 
 
-class Azurite:
+class Azurite(ServerProcess):
     """`azurite-blob --inMemoryPersistence` on 127.0.0.1:`port`, in its own process group."""
 
-    def __init__(self, directory: str | None = None) -> None:
-        self._own_dir = directory is None
-        self.directory = directory or tempfile.mkdtemp(prefix="azurite-")
-        os.makedirs(self.directory, exist_ok=True)
-        self.port = free_port()
-        self.proc: subprocess.Popen | None = None
-        self.log_path = os.path.join(self.directory, "azurite.log")
+    NAME = "Azurite"
+    LOG = "azurite.log"
+    SCRUB = _SCRUB
+    PORT_IN_USE = "EADDRINUSE"
+    READY_TIMEOUT = READY_TIMEOUT
 
     @property
     def endpoint(self) -> str:
@@ -91,42 +85,13 @@ class Azurite:
         return (f"DefaultEndpointsProtocol=http;AccountName={ACCOUNT};AccountKey={ACCOUNT_KEY};"
                 f"BlobEndpoint={self.endpoint};")
 
-    def subprocess_env(self, base: dict[str, str] | None = None, **extra: str) -> dict[str, str]:
-        env = {k: v for k, v in (os.environ if base is None else base).items() if k not in _SCRUB}
-        env.update(extra)
-        return env
-
     # -- process control -----------------------------------------------------------------------------
-    def start(self) -> Azurite:
+    def command(self) -> list[str]:
         command = azurite_command()
         if command is None:
             raise RuntimeError(f"Azurite is not installed: {INSTALL_HINT}")
-        for attempt in range(3):
-            cmd = [*command, "--blobHost", "127.0.0.1", "--blobPort", str(self.port), "--inMemoryPersistence",
-                   "--extentMemoryLimit", "256", "--disableTelemetry", "--skipApiVersionCheck", "--loose"]
-            env = {k: v for k, v in os.environ.items() if k not in _SCRUB}
-            with open(self.log_path, "ab") as log:
-                log.write(f"--- start {' '.join(cmd)}\n".encode())
-                log.flush()
-                self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env,
-                                             cwd=self.directory, stdin=subprocess.DEVNULL,
-                                             start_new_session=True)
-            deadline = time.monotonic() + READY_TIMEOUT
-            while time.monotonic() < deadline:
-                if self.proc.poll() is not None:
-                    break
-                if self.healthy():
-                    return self
-                time.sleep(0.1)
-            else:
-                self.stop()
-                raise RuntimeError(f"Azurite not ready after {READY_TIMEOUT:.0f}s: {self.tail()}")
-            self.proc = None
-            if "EADDRINUSE" in self.tail() and attempt < 2:
-                self.port = free_port()
-                continue
-            raise RuntimeError(f"Azurite exited: {self.tail()}")
-        raise AssertionError("unreachable")
+        return [*command, "--blobHost", "127.0.0.1", "--blobPort", str(self.port), "--inMemoryPersistence",
+                "--extentMemoryLimit", "256", "--disableTelemetry", "--skipApiVersionCheck", "--loose"]
 
     def healthy(self, timeout: float = 2) -> bool:
         """Any HTTP answer (an unsigned listing gets 403) means the service is up."""
@@ -137,38 +102,6 @@ class Azurite:
             return True
         except (OSError, urllib.error.URLError):
             return False
-
-    def _signal(self, sig: int) -> None:
-        if self.proc is not None:
-            try:
-                os.killpg(self.proc.pid, sig)
-            except ProcessLookupError:
-                pass
-
-    def stop(self, timeout: float = 10) -> None:
-        """SIGTERM the process group by pid, SIGKILL it if it lingers, reap it."""
-        if self.proc is None:
-            return
-        self._signal(signal.SIGTERM)
-        try:
-            self.proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            self._signal(signal.SIGKILL)
-            self.proc.wait(timeout=30)
-        self._signal(signal.SIGKILL)
-        self.proc = None
-
-    def close(self) -> None:
-        self.stop()
-        if self._own_dir:
-            shutil.rmtree(self.directory, ignore_errors=True)
-
-    def tail(self, n: int = 2000) -> str:
-        try:
-            with open(self.log_path, "rb") as f:
-                return f.read()[-n:].decode("utf-8", "replace")
-        except OSError:
-            return ""
 
     # -- store helpers (azure-storage-blob against the endpoint) ----------------------------------------
     def client(self):

@@ -23,17 +23,12 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import signal
-import subprocess
 import sys
-import tempfile
-import time
 import urllib.error
 import urllib.parse
 import urllib.request
 
-from s3_server import free_port
+from server_process import ServerProcess
 
 READY_TIMEOUT = float(os.environ.get("TRACELET_GCS_READY_TIMEOUT", "60"))
 PROJECT = "tracelet-test"
@@ -59,16 +54,13 @@ def _q(key: str) -> str:
     return urllib.parse.quote(key, safe="")
 
 
-class GcsEmulator:
+class GcsEmulator(ServerProcess):
     """`python -m gcp_storage_emulator start --in-memory` on 127.0.0.1:`port`, in its own group."""
 
-    def __init__(self, directory: str | None = None) -> None:
-        self._own_dir = directory is None
-        self.directory = directory or tempfile.mkdtemp(prefix="gcs-emu-")
-        os.makedirs(self.directory, exist_ok=True)
-        self.port = free_port()
-        self.proc: subprocess.Popen | None = None
-        self.log_path = os.path.join(self.directory, "gcs-emulator.log")
+    NAME = "gcp-storage-emulator"
+    LOG = "gcs-emulator.log"
+    SCRUB = _SCRUB
+    READY_TIMEOUT = READY_TIMEOUT
 
     @property
     def endpoint(self) -> str:
@@ -77,46 +69,18 @@ class GcsEmulator:
     def env(self) -> dict[str, str]:
         return {"STORAGE_EMULATOR_HOST": self.endpoint, "GOOGLE_CLOUD_PROJECT": PROJECT}
 
-    def subprocess_env(self, base: dict[str, str] | None = None, **extra: str) -> dict[str, str]:
-        env = {k: v for k, v in (os.environ if base is None else base).items() if k not in _SCRUB}
-        env.update(self.env())
-        env.update(extra)
-        return env
-
     @staticmethod
     def storage_options() -> list[str]:
         """`tracelet ... -o` arguments: anonymous, a project (gcsfs wants one to list buckets)."""
         return ["-o", "token=anon", "-o", f"project={PROJECT}"]
 
     # -- process control -----------------------------------------------------------------------------
-    def start(self) -> GcsEmulator:
-        for attempt in range(3):
-            cmd = [sys.executable, "-m", "gcp_storage_emulator", "start", "--host", "127.0.0.1",
-                   "--port", str(self.port), "--in-memory"]
-            env = {k: v for k, v in os.environ.items() if k not in _SCRUB}
-            env["STORAGE_BASE"] = self.directory  # only used on disk; in-memory anyway
-            with open(self.log_path, "ab") as log:
-                log.write(f"--- start {' '.join(cmd)}\n".encode())
-                log.flush()
-                self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env,
-                                             cwd=self.directory, stdin=subprocess.DEVNULL,
-                                             start_new_session=True)
-            deadline = time.monotonic() + READY_TIMEOUT
-            while time.monotonic() < deadline:
-                if self.proc.poll() is not None:
-                    break
-                if self.healthy():
-                    return self
-                time.sleep(0.1)
-            else:
-                self.stop()
-                raise RuntimeError(f"gcp-storage-emulator not ready after {READY_TIMEOUT:.0f}s: {self.tail()}")
-            self.proc = None
-            if "Address already in use" in self.tail() and attempt < 2:
-                self.port = free_port()
-                continue
-            raise RuntimeError(f"gcp-storage-emulator exited: {self.tail()}")
-        raise AssertionError("unreachable")
+    def command(self) -> list[str]:
+        return [sys.executable, "-m", "gcp_storage_emulator", "start", "--host", "127.0.0.1",
+                "--port", str(self.port), "--in-memory"]
+
+    def process_env(self) -> dict[str, str]:
+        return {**super().process_env(), "STORAGE_BASE": self.directory}  # only used on disk; in-memory anyway
 
     def healthy(self, timeout: float = 2) -> bool:
         try:
@@ -124,38 +88,6 @@ class GcsEmulator:
                 return r.status == 200
         except (OSError, urllib.error.URLError):
             return False
-
-    def _signal(self, sig: int) -> None:
-        if self.proc is not None:
-            try:
-                os.killpg(self.proc.pid, sig)
-            except ProcessLookupError:
-                pass
-
-    def stop(self, timeout: float = 10) -> None:
-        """SIGTERM the process group by pid, SIGKILL it if it lingers, reap it."""
-        if self.proc is None:
-            return
-        self._signal(signal.SIGTERM)
-        try:
-            self.proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            self._signal(signal.SIGKILL)
-            self.proc.wait(timeout=30)
-        self._signal(signal.SIGKILL)
-        self.proc = None
-
-    def close(self) -> None:
-        self.stop()
-        if self._own_dir:
-            shutil.rmtree(self.directory, ignore_errors=True)
-
-    def tail(self, n: int = 2000) -> str:
-        try:
-            with open(self.log_path, "rb") as f:
-                return f.read()[-n:].decode("utf-8", "replace")
-        except OSError:
-            return ""
 
     # -- store helpers (JSON API over urllib) ---------------------------------------------------------
     def _call(self, method: str, path: str, data: bytes | None = None, ctype: str = "application/json") -> bytes:

@@ -13,7 +13,6 @@ import math
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -22,6 +21,7 @@ from collections import Counter
 
 import numpy as np
 import pytest
+from server_process import free_port
 
 READY_TIMEOUT = float(os.environ.get("TRACELET_MLFLOW_READY_TIMEOUT", "150"))  # 13-60 s on 2 busy cores
 SERVER_ENV = {
@@ -47,12 +47,6 @@ def have_mlflow() -> bool:
 
 
 NEEDS_MLFLOW = pytest.mark.skipif(not have_mlflow(), reason="mlflow is not installed (pip install '.[mlflow]')")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class MlflowServer:

@@ -37,17 +37,15 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import signal
-import socket
-import subprocess
 import sys
-import tempfile
 import threading
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+
+from server_process import ServerProcess
 
 READY_TIMEOUT = float(os.environ.get("TRACELET_MOTO_READY_TIMEOUT", "60"))  # ~1 s idle, more on busy cores
 ACCESS_KEY = "testing"
@@ -73,12 +71,6 @@ def moto_available() -> bool:
     return True
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def boto_config(timeout: float = 5, attempts: int = 2):
     """A botocore Config for test-side clients: give up on a dead or frozen server quickly.
 
@@ -91,18 +83,17 @@ def boto_config(timeout: float = 5, attempts: int = 2):
                   s3={"addressing_style": "path"})
 
 
-class MotoServer:
+class MotoServer(ServerProcess):
     """`python -m moto.server` on 127.0.0.1:`port`, in its own process group."""
 
+    NAME = "moto"
+    LOG = "moto.log"
+    SCRUB = _SCRUB
+    READY_TIMEOUT = READY_TIMEOUT
+
     def __init__(self, directory: str | None = None, port: int | None = None) -> None:
-        self._own_dir = directory is None
-        self.directory = directory or tempfile.mkdtemp(prefix="moto-")
-        os.makedirs(self.directory, exist_ok=True)
-        self._fixed_port = port is not None
-        self.port = port or free_port()
-        self.proc: subprocess.Popen | None = None
+        super().__init__(directory, port)
         self.frozen = False
-        self.log_path = os.path.join(self.directory, "moto.log")
         self._thaw_timer: threading.Timer | None = None
 
     # -- addresses and client settings ---------------------------------------------------------------
@@ -132,14 +123,6 @@ class MotoServer:
             "AWS_SHARED_CREDENTIALS_FILE": os.path.join(self.directory, "no-aws-credentials"),
         }
 
-    def subprocess_env(self, base: dict[str, str] | None = None, **extra: str) -> dict[str, str]:
-        """`base` (default os.environ) without the machine's AWS profile/session/proxy variables,
-        plus env() and `extra`: the env= for subprocess.Popen of a writer or of tracelet."""
-        env = {k: v for k, v in (os.environ if base is None else base).items() if k not in _SCRUB}
-        env.update(self.env())
-        env.update(extra)
-        return env
-
     def client(self, timeout: float = 5, attempts: int = 2):
         """A boto3 S3 client for this server with short timeouts (see boto_config)."""
         import boto3
@@ -149,34 +132,12 @@ class MotoServer:
                             config=boto_config(timeout, attempts))
 
     # -- process control -----------------------------------------------------------------------------
+    def command(self) -> list[str]:
+        return [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)]
+
     def start(self) -> MotoServer:
-        for attempt in range(3):
-            cmd = [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)]
-            env = {k: v for k, v in os.environ.items() if k not in _SCRUB}
-            with open(self.log_path, "ab") as log:
-                log.write(f"--- start {' '.join(cmd)}\n".encode())
-                log.flush()
-                self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env,
-                                             cwd=self.directory, stdin=subprocess.DEVNULL,
-                                             start_new_session=True)  # its own group: signalled as a whole
-            self.frozen = False
-            deadline = time.monotonic() + READY_TIMEOUT
-            while time.monotonic() < deadline:
-                if self.proc.poll() is not None:
-                    break
-                if self.healthy():
-                    return self
-                time.sleep(0.1)
-            else:
-                self.stop()
-                raise RuntimeError(f"moto server not ready after {READY_TIMEOUT:.0f}s: {self.tail()}")
-            self.proc = None
-            # lost the race for a port picked by free_port(): take another one
-            if "Address already in use" in self.tail() and not self._fixed_port and attempt < 2:
-                self.port = free_port()
-                continue
-            raise RuntimeError(f"moto server exited: {self.tail()}")
-        raise AssertionError("unreachable")
+        self.frozen = False
+        return super().start()
 
     def healthy(self, timeout: float = 2) -> bool:
         try:
@@ -184,14 +145,6 @@ class MotoServer:
                 return resp.status == 200
         except (OSError, urllib.error.URLError):
             return False
-
-    def _signal(self, sig: int) -> None:
-        if self.proc is None:
-            return
-        try:
-            os.killpg(self.proc.pid, sig)
-        except ProcessLookupError:
-            pass
 
     def stop(self, timeout: float = 10) -> None:
         """SIGTERM the process group by pid, SIGKILL it if it lingers, reap it."""
@@ -201,14 +154,7 @@ class MotoServer:
         if self.frozen:  # a stopped process keeps SIGTERM pending until it runs again
             self._signal(signal.SIGCONT)
             self.frozen = False
-        self._signal(signal.SIGTERM)
-        try:
-            self.proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            self._signal(signal.SIGKILL)
-            self.proc.wait(timeout=30)
-        self._signal(signal.SIGKILL)  # anything else left in the group
-        self.proc = None
+        super().stop(timeout)
         deadline = time.monotonic() + 10
         while self.healthy(timeout=0.5) and time.monotonic() < deadline:  # nothing answers on the port
             time.sleep(0.1)
@@ -275,19 +221,6 @@ class MotoServer:
         req = urllib.request.Request(f"{self.endpoint}/moto-api/reset", method="POST", data=b"")
         with urllib.request.urlopen(req, timeout=10) as resp:
             assert resp.status == 200, resp.status
-
-    def tail(self, n: int = 2000) -> str:
-        try:
-            with open(self.log_path, "rb") as f:
-                return f.read()[-n:].decode("utf-8", "replace")
-        except OSError:
-            return ""
-
-    def close(self) -> None:
-        """stop(), and remove the directory if this object made it."""
-        self.stop()
-        if self._own_dir:
-            shutil.rmtree(self.directory, ignore_errors=True)
 
     # -- store helpers (boto3 against the endpoint) --------------------------------------------------
     def make_bucket(self, name: str) -> str:

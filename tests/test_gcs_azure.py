@@ -16,7 +16,6 @@ import logging
 import os
 import re
 import signal
-import sqlite3
 import subprocess
 import sys
 
@@ -24,7 +23,7 @@ import pytest
 from azurite_server import ACCOUNT_KEY, Azurite, azurite_available
 from gcs_server import GcsEmulator, gcs_emulator_available
 from helpers import assert_exactly_once, history_of, run_id_for, scalar_points, tb_scalar_points, write_run
-from watch_helpers import wait_until
+from watch_helpers import acked_offsets, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -125,19 +124,6 @@ def summary(done: subprocess.CompletedProcess) -> tuple[int, int]:
     m = re.search(r"(\d+) row\(s\) from \d+ run\(s\), (\d+) bytes read", done.stderr)
     assert m, done.stderr[-3000:]
     return int(m.group(1)), int(m.group(2))
-
-
-def acked(state_dir) -> dict[str, int]:
-    path = os.path.join(str(state_dir), "state.sqlite3")
-    if not os.path.exists(path):
-        return {}
-    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)
-    try:
-        return dict(db.execute("SELECT path, acked_offset FROM files").fetchall())
-    except sqlite3.OperationalError:  # watch has not made its tables yet
-        return {}
-    finally:
-        db.close()
 
 
 class Watch:
@@ -242,7 +228,7 @@ def test_upload_lands_every_value_once(store, bucket, tmp_path, wandb_env):
     rows = history_of(wandb_env["WANDB_DIR"], run_id_for(root, "a"))
     assert any("eval/loss" in r for r in rows)
     sizes = store.sizes(bucket, "logs/runs/")
-    assert acked(state) == sizes and len(sizes) == 4
+    assert acked_offsets(state) == sizes and len(sizes) == 4
     assert summary(done)[1] == sum(sizes.values())
     before = {r: history_of(wandb_env["WANDB_DIR"], run_id_for(root, r)) for r in ("a", "b")}
     again = run_upload(store, root, state)
@@ -271,7 +257,7 @@ def test_grown_object_is_read_on_from_the_acked_offset(store, bucket, tmp_path, 
         assert done.returncode == 0, done.stderr[-3000:]
         assert "from the start" not in done.stderr and "shorter" not in done.stderr, done.stderr[-3000:]
         sizes = store.sizes(bucket, "runs/")
-        now = acked(state)
+        now = acked_offsets(state)
         assert set(now) == set(sizes)
         for rel, body in files.items():
             url = f"{root}/{rel}"
@@ -311,7 +297,7 @@ def test_watch_reads_on_as_objects_grow(store, bucket, tmp_path, wandb_env):
         wait_until(read_to_the_cut, timeout=60, what="the complete records of the cut objects", proc=watch.proc)
         upload_objects(store, bucket, "runs", files)  # the same objects, whole: new generation / ETag
         sizes = store.sizes(bucket, "runs/")
-        wait_until(lambda: acked(state) == sizes, timeout=60, what="acked to the end", proc=watch.proc)
+        wait_until(lambda: acked_offsets(state) == sizes, timeout=60, what="acked to the end", proc=watch.proc)
         snap = watch.status()
     finally:
         err = watch.stop()
@@ -368,7 +354,7 @@ def test_azure_abfs_url_and_connection_string_from_the_environment(azurite, tmp_
     done = run_upload(store, root, state)
     assert done.returncode == 0, done.stderr[-3000:]
     assert assert_exactly_once(local, wandb_env["WANDB_DIR"], "r", run_id=run_id_for(root, "r"))
-    assert set(acked(state)) == {u.replace("az://", "abfs://", 1) for u in store.sizes(container, "runs/")}
+    assert set(acked_offsets(state)) == {u.replace("az://", "abfs://", 1) for u in store.sizes(container, "runs/")}
 
 
 def test_storage_option_values_stay_out_of_the_lock_file(azurite, tmp_path):

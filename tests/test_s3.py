@@ -9,7 +9,6 @@ import json
 import os
 import random
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
@@ -19,7 +18,7 @@ import pytest
 from helpers import assert_exactly_once, history_of, run_id_for
 from s3_server import MotoServer, moto_available
 from s3_writers import spawn, wait_for_flush, write_tbx, write_torch
-from watch_helpers import DEADLINE, wait_until
+from watch_helpers import DEADLINE, acked_offsets, wait_until
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(not moto_available(), reason="moto[server] is not installed")]
 pytest.importorskip("s3fs", reason="s3fs is not installed (pip install 'tracelet[s3]')")
@@ -85,24 +84,11 @@ class Watch:
         return snap if snap.get("pid") == self.proc.pid else {}
 
 
-def acked(state_dir) -> dict[str, int]:
-    path = os.path.join(str(state_dir), "state.sqlite3")
-    if not os.path.exists(path):
-        return {}
-    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)
-    try:
-        return dict(db.execute("SELECT path, acked_offset FROM files").fetchall())
-    except sqlite3.OperationalError:
-        return {}
-    finally:
-        db.close()
-
-
 def caught_up(moto: MotoServer, bucket: str, prefix: str, *state_dirs) -> bool:
     """Every event object's bytes are acknowledged by W&B, in one of the state stores."""
     done: dict[str, int] = {}
     for d in state_dirs:
-        done.update(acked(d))
+        done.update(acked_offsets(d))
     objects = [o for o in moto.list_objects(bucket, prefix) if "tfevents" in o["Key"]]
     return bool(objects) and all(done.get(f"s3://{bucket}/{o['Key']}", -1) == o["Size"] for o in objects)
 
@@ -205,15 +191,15 @@ def test_objects_replaced_longer_shorter_and_deleted(moto, bucket, env, tmp_path
     other = write_tbx(f"{root}/gone", 20, flush_every=20, env=env)
     state = tmp_path / "state"
     watch = Watch(env, root, state)
-    wait_until(lambda: acked(state).get(other.url) == len(moto.get_object(bucket, other.key)),
+    wait_until(lambda: acked_offsets(state).get(other.url) == len(moto.get_object(bucket, other.key)),
                what="first pass", proc=watch.proc)
     moto.put_object(bucket, one.key, body)  # the same log, longer: tensorboardX's re-upload
-    wait_until(lambda: acked(state).get(one.url) == len(body), what="regrown object", proc=watch.proc)
+    wait_until(lambda: acked_offsets(state).get(one.url) == len(body), what="regrown object", proc=watch.proc)
     moto.client().delete_object(Bucket=bucket, Key=other.key)
     shorter = write_tbx(f"{root}/short", 30, flush_every=30, env=env)
     short_body = moto.get_object(bucket, shorter.key)
     moto.put_object(bucket, one.key, short_body)  # replaced by a shorter, different log
-    wait_until(lambda: acked(state).get(one.url) == len(short_body), what="shorter object", proc=watch.proc)
+    wait_until(lambda: acked_offsets(state).get(one.url) == len(short_body), what="shorter object", proc=watch.proc)
     err = watch.stop()
     assert "shorter" in err and "from the start" in err
     rows = history_of(wandb_env["WANDB_DIR"], run_id_for(root, "grow"))
@@ -270,7 +256,7 @@ def test_three_shards_split_a_bucket_exactly_once(moto, bucket, env, tmp_path, w
     check_exactly_once(moto, bucket, "runs", runs, wandb_env["WANDB_DIR"], tmp_path)
     owners: dict[str, int] = {}
     for k, state in enumerate(states):
-        for path in acked(state):
+        for path in acked_offsets(state):
             run = path.split("/runs/", 1)[1].split("/", 1)[0]
             assert owners.setdefault(run, k) == k, f"{run} read by shards {owners[run]} and {k}"
     assert sorted(owners) == runs
